@@ -1,0 +1,269 @@
+package service
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Defaults. They are package values, not constants, so that tests can
+// shrink them; change them only before calling DefaultConfig.
+var (
+	DefaultListen              = ":8080"
+	DefaultAdminListen         = ":9090"
+	DefaultMaxConnections      = 10000
+	DefaultMaxConnectionsPerIP = 256
+	DefaultMaxHandshakes       = 1024
+	DefaultUpgradeRate         = 500.0
+	DefaultUpgradeBurst        = 1000
+	DefaultFDHeadroom          = 0.10
+	DefaultMaxMessageBytes     = 64 << 10
+	DefaultHandshakeTimeout    = 5 * time.Second
+	DefaultMessageRate         = 1000.0
+	DefaultMessageBurst        = 2000
+	DefaultWarnBytes           = int64(256 << 10)
+	DefaultPauseBytes          = int64(1 << 20)
+	DefaultResumeBytes         = int64(512 << 10)
+	DefaultMaxBytes            = int64(4 << 20)
+	DefaultMaxPaused           = 30 * time.Second
+	DefaultWriteTimeout        = 10 * time.Second
+	DefaultPingInterval        = 25 * time.Second
+	DefaultPongTimeout         = 10 * time.Second
+	DefaultDrainTimeout        = 10 * time.Second
+)
+
+// Slow-consumer policies (BackpressureConfig.SlowConsumer).
+const (
+	// SlowConsumerClose closes a subscriber above max_bytes with 1013.
+	SlowConsumerClose = "close"
+	// SlowConsumerDrop discards messages for a subscriber above max_bytes
+	// until its buffer drains below resume_bytes, counting each drop.
+	SlowConsumerDrop = "drop"
+)
+
+// Config is the whole configuration of a Server. The zero value is not
+// usable: start from DefaultConfig. Keys (koanf tags) are the names used
+// in the YAML file, in WSD_ environment variables and in flags.
+type Config struct {
+	// Listen is the public address (WebSocket endpoints).
+	Listen string `koanf:"listen"`
+	// AdminListen is the admin address (/healthz, /readyz, /debug/stats,
+	// /metrics). It is a separate listener so that it keeps answering
+	// when the public one is saturated.
+	AdminListen string `koanf:"admin_listen"`
+
+	Limits       LimitsConfig       `koanf:"limits"`
+	Backpressure BackpressureConfig `koanf:"backpressure"`
+	Heartbeat    HeartbeatConfig    `koanf:"heartbeat"`
+	Shutdown     ShutdownConfig     `koanf:"shutdown"`
+	Log          LogConfig          `koanf:"log"`
+}
+
+// LimitsConfig holds the admission caps and per-connection input limits.
+type LimitsConfig struct {
+	// MaxConnections caps upgraded connections process-wide (503). Stops
+	// a flood of clients from exhausting memory.
+	MaxConnections int `koanf:"max_connections"`
+	// MaxConnectionsPerIP caps upgraded connections from one address
+	// (429). Stops one host from taking every slot.
+	MaxConnectionsPerIP int `koanf:"max_connections_per_ip"`
+	// MaxHandshakes caps public TCP connections that have not upgraded
+	// yet; more are closed at accept. Stops idle raw TCP connections
+	// (which never send a request) from holding every descriptor.
+	MaxHandshakes int `koanf:"max_handshakes"`
+	// UpgradeRate and UpgradeBurst are a token bucket for upgrades per
+	// second, process-wide (429). Stops reconnect storms.
+	UpgradeRate  float64 `koanf:"upgrade_rate"`
+	UpgradeBurst int     `koanf:"upgrade_burst"`
+	// FDHeadroom is the fraction of RLIMIT_NOFILE kept free: upgrades are
+	// refused (503) above (1-FDHeadroom)*limit open descriptors, so the
+	// admin listener and the process itself never hit EMFILE.
+	FDHeadroom float64 `koanf:"fd_headroom"`
+	// MaxMessageBytes is the largest accepted message (else close 1009).
+	// Stops a client from making the server buffer huge frames.
+	MaxMessageBytes int `koanf:"max_message_bytes"`
+	// HandshakeTimeout bounds reading the upgrade request headers.
+	// Stops slowloris clients that trickle headers.
+	HandshakeTimeout time.Duration `koanf:"handshake_timeout"`
+	// AllowedOrigins, when non-empty, lists the accepted Origin values
+	// (scheme://host[:port], or "*"); others get 403. Stops cross-site
+	// WebSocket hijacking from browsers.
+	AllowedOrigins []string `koanf:"allowed_origins"`
+	// MessageRate and MessageBurst shape inbound messages per connection
+	// (token bucket): over the rate, reading is delayed, not closed.
+	// Stops one client from monopolising CPU. Rate 0 disables shaping.
+	MessageRate  float64 `koanf:"message_rate"`
+	MessageBurst int     `koanf:"message_burst"`
+}
+
+// BackpressureConfig holds the send-buffer thresholds. The send buffer of
+// a connection is the payload bytes accepted for sending and not yet
+// written to its socket.
+type BackpressureConfig struct {
+	// WarnBytes: log and count once per episode when the buffer reaches it.
+	WarnBytes int64 `koanf:"warn_bytes"`
+	// PauseBytes: stop reading from the connection at this level, so TCP
+	// flow control throttles the client. Stops a fast writer that does
+	// not read from growing server memory.
+	PauseBytes int64 `koanf:"pause_bytes"`
+	// ResumeBytes: resume reading only below this level (< PauseBytes).
+	ResumeBytes int64 `koanf:"resume_bytes"`
+	// MaxBytes: hard cap for fan-out; a subscriber above it is a slow
+	// consumer handled by SlowConsumer. Stops one slow subscriber from
+	// holding unbounded memory or delaying the others.
+	MaxBytes int64 `koanf:"max_bytes"`
+	// MaxPaused: a connection paused longer than this is closed with 1013.
+	MaxPaused time.Duration `koanf:"max_paused"`
+	// WriteTimeout: a single frame write that cannot complete in this
+	// time closes the connection (dead peer with a full TCP window).
+	WriteTimeout time.Duration `koanf:"write_timeout"`
+	// SlowConsumer is the policy above MaxBytes: "close" or "drop".
+	SlowConsumer string `koanf:"slow_consumer"`
+}
+
+// HeartbeatConfig holds the idle-peer detection settings.
+type HeartbeatConfig struct {
+	// PingInterval: the server pings each connection this often.
+	PingInterval time.Duration `koanf:"ping_interval"`
+	// PongTimeout: a connection from which nothing arrives for
+	// PingInterval+PongTimeout is closed. Stops half-open peers from
+	// holding descriptors forever.
+	PongTimeout time.Duration `koanf:"pong_timeout"`
+}
+
+// ShutdownConfig holds the graceful-shutdown settings.
+type ShutdownConfig struct {
+	// DrainTimeout: after sending 1001 to every connection, wait this
+	// long for them to close before force-closing the rest.
+	DrainTimeout time.Duration `koanf:"drain_timeout"`
+}
+
+// LogConfig holds the logging settings used by cmd/wsd.
+type LogConfig struct {
+	// Level is debug, info, warn or error.
+	Level string `koanf:"level"`
+	// Format is json or text.
+	Format string `koanf:"format"`
+}
+
+// DefaultConfig returns the built-in defaults.
+func DefaultConfig() Config {
+	return Config{
+		Listen:      DefaultListen,
+		AdminListen: DefaultAdminListen,
+		Limits: LimitsConfig{
+			MaxConnections:      DefaultMaxConnections,
+			MaxConnectionsPerIP: DefaultMaxConnectionsPerIP,
+			MaxHandshakes:       DefaultMaxHandshakes,
+			UpgradeRate:         DefaultUpgradeRate,
+			UpgradeBurst:        DefaultUpgradeBurst,
+			FDHeadroom:          DefaultFDHeadroom,
+			MaxMessageBytes:     DefaultMaxMessageBytes,
+			HandshakeTimeout:    DefaultHandshakeTimeout,
+			AllowedOrigins:      []string{},
+			MessageRate:         DefaultMessageRate,
+			MessageBurst:        DefaultMessageBurst,
+		},
+		Backpressure: BackpressureConfig{
+			WarnBytes:    DefaultWarnBytes,
+			PauseBytes:   DefaultPauseBytes,
+			ResumeBytes:  DefaultResumeBytes,
+			MaxBytes:     DefaultMaxBytes,
+			MaxPaused:    DefaultMaxPaused,
+			WriteTimeout: DefaultWriteTimeout,
+			SlowConsumer: SlowConsumerClose,
+		},
+		Heartbeat: HeartbeatConfig{
+			PingInterval: DefaultPingInterval,
+			PongTimeout:  DefaultPongTimeout,
+		},
+		Shutdown: ShutdownConfig{DrainTimeout: DefaultDrainTimeout},
+		Log:      LogConfig{Level: "info", Format: "json"},
+	}
+}
+
+// Validate reports every invalid setting, each error naming its key.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	positiveInt := func(key string, v int) {
+		if v <= 0 {
+			bad(key, "must be > 0, got %d", v)
+		}
+	}
+	positiveBytes := func(key string, v int64) {
+		if v <= 0 {
+			bad(key, "must be > 0, got %d", v)
+		}
+	}
+	positiveDur := func(key string, v time.Duration) {
+		if v <= 0 {
+			bad(key, "must be a positive duration, got %s", v)
+		}
+	}
+	if c.Listen == "" {
+		bad("listen", "must not be empty")
+	}
+	if c.AdminListen == "" {
+		bad("admin_listen", "must not be empty")
+	}
+	l := c.Limits
+	positiveInt("limits.max_connections", l.MaxConnections)
+	positiveInt("limits.max_connections_per_ip", l.MaxConnectionsPerIP)
+	positiveInt("limits.max_handshakes", l.MaxHandshakes)
+	if l.UpgradeRate <= 0 {
+		bad("limits.upgrade_rate", "must be > 0, got %g", l.UpgradeRate)
+	}
+	positiveInt("limits.upgrade_burst", l.UpgradeBurst)
+	if l.FDHeadroom <= 0 || l.FDHeadroom >= 1 {
+		bad("limits.fd_headroom", "must be in (0, 1), got %g", l.FDHeadroom)
+	}
+	positiveInt("limits.max_message_bytes", l.MaxMessageBytes)
+	positiveDur("limits.handshake_timeout", l.HandshakeTimeout)
+	for _, o := range l.AllowedOrigins {
+		if o == "*" {
+			continue
+		}
+		if u, err := url.Parse(o); err != nil || u.Scheme == "" || u.Host == "" {
+			bad("limits.allowed_origins", "%q is not scheme://host[:port] or *", o)
+		}
+	}
+	if l.MessageRate < 0 {
+		bad("limits.message_rate", "must be >= 0 (0 disables shaping), got %g", l.MessageRate)
+	}
+	if l.MessageRate > 0 {
+		positiveInt("limits.message_burst", l.MessageBurst)
+	}
+	b := c.Backpressure
+	positiveBytes("backpressure.warn_bytes", b.WarnBytes)
+	positiveBytes("backpressure.pause_bytes", b.PauseBytes)
+	positiveBytes("backpressure.resume_bytes", b.ResumeBytes)
+	positiveBytes("backpressure.max_bytes", b.MaxBytes)
+	if b.ResumeBytes >= b.PauseBytes {
+		bad("backpressure.resume_bytes", "must be < backpressure.pause_bytes (%d), got %d", b.PauseBytes, b.ResumeBytes)
+	}
+	if b.MaxBytes < b.PauseBytes {
+		bad("backpressure.max_bytes", "must be >= backpressure.pause_bytes (%d), got %d", b.PauseBytes, b.MaxBytes)
+	}
+	positiveDur("backpressure.max_paused", b.MaxPaused)
+	positiveDur("backpressure.write_timeout", b.WriteTimeout)
+	if b.SlowConsumer != SlowConsumerClose && b.SlowConsumer != SlowConsumerDrop {
+		bad("backpressure.slow_consumer", "must be %q or %q, got %q", SlowConsumerClose, SlowConsumerDrop, b.SlowConsumer)
+	}
+	positiveDur("heartbeat.ping_interval", c.Heartbeat.PingInterval)
+	positiveDur("heartbeat.pong_timeout", c.Heartbeat.PongTimeout)
+	positiveDur("shutdown.drain_timeout", c.Shutdown.DrainTimeout)
+	switch strings.ToLower(c.Log.Level) {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "must be debug, info, warn or error, got %q", c.Log.Level)
+	}
+	if c.Log.Format != "json" && c.Log.Format != "text" {
+		bad("log.format", "must be json or text, got %q", c.Log.Format)
+	}
+	return errors.Join(errs...)
+}
