@@ -145,15 +145,15 @@ func (nopObserver) SessionOpened(ctx context.Context, _ SessionInfo) (context.Co
 	return ctx, nopSession{}
 }
 func (nopObserver) UpgradeRejected(context.Context, *http.Request, RejectReason) {}
-func (nopObserver) AcceptError(string)                                          {}
+func (nopObserver) AcceptError(string)                                           {}
 
 type nopSession struct{}
 
-func (nopSession) MessageReceived(int)                       {}
-func (nopSession) MessageSent(int, int64)                    {}
-func (nopSession) Backpressure(BackpressureEvent, int64)     {}
-func (nopSession) Dropped(int)                               {}
-func (nopSession) SlowConsumer(int64)                        {}
-func (nopSession) HeartbeatTimeout()                         {}
-func (nopSession) CloseReceived(uint16, bool)                {}
-func (nopSession) Closed(CloseInfo)                          {}
+func (nopSession) MessageReceived(int)                   {}
+func (nopSession) MessageSent(int, int64)                {}
+func (nopSession) Backpressure(BackpressureEvent, int64) {}
+func (nopSession) Dropped(int)                           {}
+func (nopSession) SlowConsumer(int64)                    {}
+func (nopSession) HeartbeatTimeout()                     {}
+func (nopSession) CloseReceived(uint16, bool)            {}
+func (nopSession) Closed(CloseInfo)                      {}

@@ -1,0 +1,102 @@
+// Command wsd runs the wsd WebSocket service.
+//
+//	wsd [--config file.yaml] [--section.key=value ...]
+//	wsd --help | --print-config
+//	wsd healthcheck [--url http://127.0.0.1:9090/healthz]
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/wsd-dev/wsd/service"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Environ(), os.Stdout, os.Stderr))
+}
+
+// run is main without the process: it returns the exit code.
+func run(args, environ []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "healthcheck" {
+		return healthcheck(args[1:], stderr)
+	}
+	cfg, act, fs, err := loadConfig(args, environ, stderr)
+	switch {
+	case err != nil:
+		fmt.Fprintf(stderr, "wsd: %v\n", err)
+		return 2
+	case act == actionHelp:
+		fmt.Fprintf(stdout, "Usage: wsd [flags]\n\nEvery key can also be set in the YAML file (--config) or as WSD_SECTION__KEY.\n\n%s", fs.FlagUsages())
+		return 0
+	case act == actionPrintConfig:
+		if err := printConfig(stdout, cfg); err != nil {
+			fmt.Fprintf(stderr, "wsd: %v\n", err)
+			return 1
+		}
+		return 0
+	}
+
+	logger := newLogger(cfg.Log, stdout)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	srv, err := service.New(cfg.Config, service.WithLogger(logger))
+	if err != nil {
+		fmt.Fprintf(stderr, "wsd: %v\n", err)
+		return 2
+	}
+	if err := srv.Serve(ctx); err != nil {
+		logger.Error("wsd stopped", "error", err)
+		return 1
+	}
+	return 0
+}
+
+func newLogger(c service.LogConfig, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(strings.ToUpper(c.Level)))
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// healthcheck probes the admin /healthz endpoint: an image built FROM
+// scratch has no curl, so Docker's HEALTHCHECK runs `wsd healthcheck`.
+func healthcheck(args []string, stderr io.Writer) int {
+	url := "http://127.0.0.1:9090/healthz"
+	for i := 0; i < len(args); i++ {
+		switch {
+		case strings.HasPrefix(args[i], "--url="):
+			url = strings.TrimPrefix(args[i], "--url=")
+		case args[i] == "--url" && i+1 < len(args):
+			i++
+			url = args[i]
+		default:
+			fmt.Fprintf(stderr, "wsd healthcheck: unknown argument %q\n", args[i])
+			return 2
+		}
+	}
+	client := &http.Client{Timeout: 3 * time.Second}
+	resp, err := client.Get(url)
+	if err != nil {
+		fmt.Fprintf(stderr, "wsd healthcheck: %v\n", err)
+		return 1
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(stderr, "wsd healthcheck: %s answered %s\n", url, resp.Status)
+		return 1
+	}
+	return 0
+}

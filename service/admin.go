@@ -1,0 +1,121 @@
+package service
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/pprof"
+	"runtime"
+)
+
+// Stats is the /debug/stats document. The chaos suite compares it with a
+// baseline after every scenario to prove that nothing leaked, so every
+// field is exact at the time of the call.
+type Stats struct {
+	// Connections is the number of upgraded, registered sessions.
+	Connections      int64 `json:"connections"`
+	EchoConnections  int64 `json:"echo_connections"`
+	TopicConnections int64 `json:"topic_connections"`
+	// Paused is the number of sessions whose reading is paused.
+	Paused int64 `json:"paused"`
+	// BufferedBytes is the sum of every session's unsent bytes.
+	BufferedBytes int64 `json:"buffered_bytes"`
+	// OpenFDs is the process's open descriptors (a /proc/self/fd scan);
+	// FDLimit is RLIMIT_NOFILE.
+	OpenFDs int64 `json:"open_fds"`
+	FDLimit int64 `json:"fd_limit"`
+	// Goroutines is runtime.NumGoroutine().
+	Goroutines int `json:"goroutines"`
+	// Topics and Subscribers count the topic registry.
+	Topics      int `json:"topics"`
+	Subscribers int `json:"subscribers"`
+	// Handshakes is public TCP connections not yet upgraded.
+	Handshakes int64 `json:"handshakes"`
+	// IPEntries is the size of the per-IP connection table.
+	IPEntries int  `json:"ip_entries"`
+	Draining  bool `json:"draining"`
+	// Totals since start.
+	DroppedTotal           int64 `json:"dropped_total"`
+	EvictedTotal           int64 `json:"evicted_total"`
+	HeartbeatTimeoutsTotal int64 `json:"heartbeat_timeouts_total"`
+	RefusedAtAcceptTotal   int64 `json:"refused_at_accept_total"`
+	ShedTotal              int64 `json:"shed_total"`
+}
+
+// Load is the cheap subset of Stats (atomic loads only) that gauges read.
+type Load struct {
+	EchoConnections, TopicConnections, Paused, BufferedBytes int64
+}
+
+// Load returns the current load; safe to call often.
+func (s *Server) Load() Load {
+	return Load{
+		EchoConnections:  s.counters.echo.Load(),
+		TopicConnections: s.counters.topic.Load(),
+		Paused:           s.load.paused.Load(),
+		BufferedBytes:    s.load.buffered.Load(),
+	}
+}
+
+// Stats returns the exact counters; it scans /proc/self/fd, so it is for
+// the admin endpoint and tests, not for hot paths.
+func (s *Server) Stats() Stats {
+	l := s.Load()
+	topics, subs := s.bus.Counts()
+	st := Stats{
+		Connections:            int64(s.sessions.len()),
+		EchoConnections:        l.EchoConnections,
+		TopicConnections:       l.TopicConnections,
+		Paused:                 l.Paused,
+		BufferedBytes:          l.BufferedBytes,
+		FDLimit:                s.fd.limit,
+		Goroutines:             runtime.NumGoroutine(),
+		Topics:                 topics,
+		Subscribers:            subs,
+		IPEntries:              s.adm.ipEntries(),
+		Draining:               s.adm.draining.Load(),
+		DroppedTotal:           s.counters.dropped.Load(),
+		EvictedTotal:           s.counters.evicted.Load(),
+		HeartbeatTimeoutsTotal: s.counters.heartbeatTimeouts.Load(),
+	}
+	if s.publicLn != nil {
+		st.Handshakes = s.publicLn.handshakes.Load()
+		st.RefusedAtAcceptTotal = s.publicLn.refused.Load()
+		st.ShedTotal = s.publicLn.shed.Load() + s.adminLn.shed.Load()
+	}
+	if n, ok := countOpenFDs(); ok {
+		st.OpenFDs = int64(n)
+	} else {
+		st.OpenFDs = s.fd.open()
+	}
+	return st
+}
+
+// adminHandler serves /healthz, /readyz, /debug/stats, /debug/pprof/ and
+// the handlers added with WithAdminHandler.
+func (s *Server) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		switch {
+		case s.adm.draining.Load():
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+		case s.fd.underPressure():
+			http.Error(w, "descriptor pressure", http.StatusServiceUnavailable)
+		default:
+			_, _ = w.Write([]byte("ready\n"))
+		}
+	})
+	mux.HandleFunc("GET /debug/stats", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(s.Stats())
+	})
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	for pattern, h := range s.admin {
+		mux.Handle(pattern, h)
+	}
+	return mux
+}

@@ -1,0 +1,132 @@
+package service
+
+import "unicode/utf8"
+
+// Close codes wsd sends (RFC 6455 §7.4.1 and the IANA registry). The
+// README's close-code table lists when each is sent and what a client
+// should do.
+const (
+	// CloseNormal answers a client's valid close frame.
+	CloseNormal uint16 = 1000
+	// CloseGoingAway is sent to every connection on graceful shutdown.
+	CloseGoingAway uint16 = 1001
+	// CloseProtocolError is sent for an invalid close frame (reserved or
+	// out-of-range code, 1-byte payload) or another framing violation.
+	CloseProtocolError uint16 = 1002
+	// CloseInvalidPayload is sent for a text message that is not UTF-8.
+	CloseInvalidPayload uint16 = 1007
+	// CloseMessageTooBig is sent for a message over limits.max_message_bytes.
+	CloseMessageTooBig uint16 = 1009
+	// CloseInternalError is sent when handling a message panicked.
+	CloseInternalError uint16 = 1011
+	// CloseTryAgainLater is sent to a slow consumer and to a connection
+	// paused longer than backpressure.max_paused.
+	CloseTryAgainLater uint16 = 1013
+	// CloseHeartbeatTimeout (private-use range) is sent, best effort,
+	// when nothing arrived for ping_interval + pong_timeout.
+	CloseHeartbeatTimeout uint16 = 4000
+
+	// closeNoStatus and closeAbnormal are reserved: never sent on the
+	// wire, used in CloseInfo and logs for "empty close frame" and "no
+	// close frame at all".
+	closeNoStatus uint16 = 1005
+	closeAbnormal uint16 = 1006
+)
+
+// Close reasons wsd sends with its codes (also the "reason" log field).
+const (
+	reasonShutdown       = "server shutting down"
+	reasonSlowConsumer   = "slow consumer"
+	reasonPausedTooLong  = "paused too long"
+	reasonInternalError  = "internal error"
+	reasonHeartbeat      = "heartbeat timeout"
+	reasonWriteTimeout   = "write timeout"
+	reasonForcedShutdown = "shutdown drain timeout"
+)
+
+// maxCloseReason is the longest reason that fits a close frame: control
+// payloads are at most 125 bytes, two of which hold the code.
+const maxCloseReason = 123
+
+// ValidCloseCode reports whether a peer may send code in a close frame
+// (RFC 6455 §7.4): 1000–1003, 1007–1014 and 3000–4999. Codes below 1000,
+// 1004–1006, 1015, 1016–2999 and 5000 and above are invalid; 1005, 1006
+// and 1015 are reserved for local use and must never be on the wire.
+func ValidCloseCode(code uint16) bool {
+	switch {
+	case code < 1000, code >= 5000:
+		return false
+	case code >= 1004 && code <= 1006, code == 1015:
+		return false
+	case code >= 1016 && code < 3000:
+		return false
+	}
+	return true
+}
+
+// validCloseFrame reports whether a received close frame passes RFC 6455
+// §7.4: no payload at all (code 0 here), or a valid code and a UTF-8
+// reason. gws reports a 1-byte payload as that byte's value, which is
+// below 1000 and so invalid.
+func validCloseFrame(code uint16, reason []byte) bool {
+	if code == 0 {
+		return len(reason) == 0
+	}
+	return ValidCloseCode(code) && utf8.Valid(reason)
+}
+
+// CloseCodeLabel maps a close code to a bounded set of strings for metric
+// attributes: the codes wsd knows by number, "private" for other valid
+// application codes (3000–4999), and "invalid" for anything a client sent
+// outside RFC 6455. Code 0 (close frame without payload) maps to "1005".
+func CloseCodeLabel(code uint16) string {
+	switch code {
+	case 0, closeNoStatus:
+		return "1005"
+	case 1000:
+		return "1000"
+	case 1001:
+		return "1001"
+	case 1002:
+		return "1002"
+	case 1003:
+		return "1003"
+	case closeAbnormal:
+		return "1006"
+	case 1007:
+		return "1007"
+	case 1008:
+		return "1008"
+	case 1009:
+		return "1009"
+	case 1010:
+		return "1010"
+	case 1011:
+		return "1011"
+	case 1012:
+		return "1012"
+	case 1013:
+		return "1013"
+	case 1014:
+		return "1014"
+	case CloseHeartbeatTimeout:
+		return "4000"
+	}
+	if ValidCloseCode(code) {
+		return "private"
+	}
+	return "invalid"
+}
+
+// truncateReason cuts a close reason to what fits a close frame, without
+// splitting a UTF-8 sequence.
+func truncateReason(s string) string {
+	if len(s) <= maxCloseReason {
+		return s
+	}
+	s = s[:maxCloseReason]
+	for len(s) > 0 && !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s
+}

@@ -1,0 +1,78 @@
+package service
+
+import (
+	"os"
+	"sync/atomic"
+	"syscall"
+)
+
+// fdGuard estimates the process's open descriptors without a /proc scan
+// per request: a background sample (countOpenFDs, once per housekeeping
+// tick) gives the descriptors that are not public connections, and the
+// public listener tracks its own connections exactly with an atomic
+// counter. Their sum is the estimate that admission, /readyz and the
+// accept guard read.
+type fdGuard struct {
+	limit int64 // RLIMIT_NOFILE (soft) at start; Go raises soft to hard
+	// soft: above it, upgrades are refused with 503 and /readyz is 503.
+	soft int64
+	// hard: above it, the public listener closes new connections at
+	// accept, keeping the rest of the limit for the admin listener, log
+	// files and the spare descriptor.
+	hard int64
+
+	other  atomic.Int64 // descriptors that are not public connections
+	public atomic.Int64 // open public connections (exact)
+}
+
+// adminReserve is the number of descriptors the hard cap keeps back for
+// the admin listener and the process (at least; 5% of the limit when
+// that is more).
+const adminReserve = 16
+
+func newFDGuard(headroom float64) *fdGuard {
+	var rl syscall.Rlimit
+	limit := int64(1024)
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err == nil && rl.Cur > 0 && rl.Cur < 1<<31 {
+		limit = int64(rl.Cur)
+	}
+	g := &fdGuard{limit: limit}
+	g.soft = int64(float64(limit) * (1 - headroom))
+	reserve := max(int64(adminReserve), limit/20)
+	g.hard = max(limit-reserve, g.soft)
+	g.sample()
+	return g
+}
+
+// sample re-reads the open descriptor count.
+func (g *fdGuard) sample() {
+	if n, ok := countOpenFDs(); ok {
+		g.other.Store(max(0, int64(n)-g.public.Load()))
+	}
+}
+
+// open returns the estimated open descriptors.
+func (g *fdGuard) open() int64 { return g.other.Load() + g.public.Load() }
+
+// underPressure reports whether new upgrades must be refused.
+func (g *fdGuard) underPressure() bool { return g.open() > g.soft }
+
+// exhausted reports whether the public listener must refuse at accept.
+func (g *fdGuard) exhausted() bool { return g.open() >= g.hard }
+
+// countOpenFDs counts the entries of /proc/self/fd (Linux). It costs a
+// directory read, so it runs on the housekeeping tick and for
+// /debug/stats, never per request. The descriptor used to read the
+// directory is not counted.
+func countOpenFDs() (int, bool) {
+	d, err := os.Open("/proc/self/fd")
+	if err != nil {
+		return 0, false
+	}
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		return 0, false
+	}
+	return len(names) - 1, true
+}

@@ -1,0 +1,125 @@
+package service
+
+import (
+	"sync"
+
+	"github.com/lxzan/gws"
+)
+
+// Bus carries topic messages to subscribers. The in-process Hub delivers
+// within one replica; a broker-backed Bus (NATS, Redis) can carry
+// publishes between replicas by implementing the same three methods,
+// without touching session code.
+type Bus interface {
+	// Subscribe adds sub to topic. The returned function removes it; it
+	// is idempotent.
+	Subscribe(topic string, sub Subscriber) (unsubscribe func())
+	// Publish delivers a message to every subscriber of topic except
+	// from. It must not block on any subscriber.
+	Publish(topic string, from Subscriber, opcode gws.Opcode, payload []byte)
+	// Counts returns the number of topics and of subscriptions.
+	Counts() (topics, subscribers int)
+}
+
+// Subscriber receives fan-out messages.
+type Subscriber interface {
+	// Deliver queues m for sending. It must not block: a subscriber that
+	// cannot keep up drops or closes itself (backpressure.slow_consumer).
+	Deliver(m *Outbound)
+}
+
+// Outbound is one published message: its frame is encoded once, on the
+// first delivery, and shared by every subscriber's write queue. A Bus
+// creates one with NewOutbound per publish and calls Release after
+// delivering it to every local subscriber.
+type Outbound struct {
+	// Opcode and Payload are the message; Payload must not change.
+	Opcode  gws.Opcode
+	Payload []byte
+	b       *gws.Broadcaster
+}
+
+// NewOutbound wraps a message for delivery to many subscribers.
+func NewOutbound(opcode gws.Opcode, payload []byte) *Outbound {
+	return &Outbound{Opcode: opcode, Payload: payload, b: gws.NewBroadcaster(opcode, payload)}
+}
+
+// Release frees the shared frame once every queued write has finished.
+// Call it once, after the last Deliver.
+func (m *Outbound) Release() { _ = m.b.Close() }
+
+// Hub is the in-process Bus. The zero value is not usable: use NewHub.
+type Hub struct {
+	mu     sync.RWMutex
+	topics map[string]*topicSubs
+	subs   int
+}
+
+type topicSubs struct {
+	mu   sync.RWMutex
+	subs map[Subscriber]struct{}
+}
+
+// NewHub returns an empty in-process Bus.
+func NewHub() *Hub { return &Hub{topics: make(map[string]*topicSubs)} }
+
+// Subscribe implements Bus. Subscriptions change rarely compared with
+// publishes, so they take the hub's write lock; that also makes deleting
+// an emptied topic race-free.
+func (h *Hub) Subscribe(topic string, sub Subscriber) func() {
+	h.mu.Lock()
+	t := h.topics[topic]
+	if t == nil {
+		t = &topicSubs{subs: make(map[Subscriber]struct{})}
+		h.topics[topic] = t
+	}
+	t.mu.Lock()
+	t.subs[sub] = struct{}{}
+	t.mu.Unlock()
+	h.subs++
+	h.mu.Unlock()
+
+	var once sync.Once
+	return func() { once.Do(func() { h.unsubscribe(topic, t, sub) }) }
+}
+
+func (h *Hub) unsubscribe(topic string, t *topicSubs, sub Subscriber) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	t.mu.Lock()
+	delete(t.subs, sub)
+	empty := len(t.subs) == 0
+	t.mu.Unlock()
+	h.subs--
+	if empty && h.topics[topic] == t {
+		delete(h.topics, topic)
+	}
+}
+
+// Publish implements Bus. Delivery only queues (Subscriber.Deliver never
+// blocks), so holding the topic's read lock while iterating is cheap and
+// lets subscriptions change concurrently on other topics.
+func (h *Hub) Publish(topic string, from Subscriber, opcode gws.Opcode, payload []byte) {
+	h.mu.RLock()
+	t := h.topics[topic]
+	h.mu.RUnlock()
+	if t == nil {
+		return
+	}
+	m := NewOutbound(opcode, payload)
+	t.mu.RLock()
+	for sub := range t.subs {
+		if sub != from {
+			sub.Deliver(m)
+		}
+	}
+	t.mu.RUnlock()
+	m.Release()
+}
+
+// Counts implements Bus.
+func (h *Hub) Counts() (topics, subscribers int) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return len(h.topics), h.subs
+}

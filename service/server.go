@@ -1,0 +1,341 @@
+// Package service is the wsd WebSocket server: echo and topic fan-out
+// endpoints on github.com/lxzan/gws, with backpressure and hysteresis,
+// heartbeats, admission caps, descriptor protection, RFC 6455 close
+// handling and graceful shutdown. Every protection is a field of Config.
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lxzan/gws"
+	"golang.org/x/time/rate"
+)
+
+// Server is a wsd server. Create it with New, run it with Serve.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	obs      Observer
+	bus      Bus
+	admin    map[string]http.Handler
+	upgrader *gws.Upgrader
+
+	fd       *fdGuard
+	adm      *admission
+	sessions *registry
+	load     loadCounters
+	counters struct {
+		echo, topic                         atomic.Int64
+		dropped, evicted, heartbeatTimeouts atomic.Int64
+	}
+	clock    atomic.Int64 // coarse time, advanced by housekeeping
+	nextID   atomic.Uint64
+	wg       sync.WaitGroup // one per live session
+	testHook func(*session, *gws.Message)
+
+	ready     chan struct{}
+	publicLn  *guardedListener
+	adminLn   *guardedListener
+	publicSrv *http.Server
+	adminSrv  *http.Server
+}
+
+// Option configures a Server.
+type Option func(*Server)
+
+// WithLogger sets the logger (default slog.Default()). Session lines are
+// logged with the context the Observer returns, so a trace-aware handler
+// adds trace_id and span_id.
+func WithLogger(l *slog.Logger) Option { return func(s *Server) { s.log = l } }
+
+// WithObserver sets the telemetry observer (default: none).
+func WithObserver(o Observer) Option { return func(s *Server) { s.obs = o } }
+
+// WithBus replaces the in-process topic Hub, e.g. with a broker-backed
+// Bus shared by replicas.
+func WithBus(b Bus) Option { return func(s *Server) { s.bus = b } }
+
+// WithAdminHandler mounts h on the admin listener at pattern (e.g.
+// "/metrics").
+func WithAdminHandler(pattern string, h http.Handler) Option {
+	return func(s *Server) { s.admin[pattern] = h }
+}
+
+// New validates cfg and returns a Server that is not yet listening.
+// It fails when cfg is invalid; the error names every bad key.
+func New(cfg Config, opts ...Option) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid configuration: %w", err)
+	}
+	s := &Server{cfg: cfg, log: slog.Default(), obs: nopObserver{}, admin: map[string]http.Handler{}, ready: make(chan struct{})}
+	for _, o := range opts {
+		o(s)
+	}
+	if s.obs == nil {
+		s.obs = nopObserver{}
+	}
+	if s.bus == nil {
+		s.bus = NewHub()
+	}
+	s.fd = newFDGuard(cfg.Limits.FDHeadroom)
+	s.adm = newAdmission(&s.cfg.Limits, s.fd)
+	s.sessions = newRegistry()
+	s.clock.Store(time.Now().UnixNano())
+	s.upgrader = gws.NewUpgrader(handler{srv: s}, &gws.ServerOption{
+		ReadMaxPayloadSize:  cfg.Limits.MaxMessageBytes,
+		WriteMaxPayloadSize: cfg.Limits.MaxMessageBytes,
+		CheckUtf8Enabled:    true,
+		HandshakeTimeout:    cfg.Limits.HandshakeTimeout,
+		Logger:              gwsLogger{s.log},
+		// Each connection gets its own storage slot, set before ReadLoop.
+		NewSession: func() gws.SessionStorage { return &sessionSlot{} },
+	})
+	return s, nil
+}
+
+func (s *Server) now() int64 { return s.clock.Load() }
+
+// Serve listens on cfg.Listen and cfg.AdminListen and serves until ctx is
+// cancelled, then shuts down gracefully (see Shutdown in the README): it
+// returns nil after a clean drain, or the error that stopped a listener.
+func (s *Server) Serve(ctx context.Context) error {
+	pl, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
+	}
+	al, err := net.Listen("tcp", s.cfg.AdminListen)
+	if err != nil {
+		_ = pl.Close()
+		return fmt.Errorf("admin listen %s: %w", s.cfg.AdminListen, err)
+	}
+	s.publicLn = newGuardedListener(pl, s.fd, s.cfg.Limits.MaxHandshakes, s.log, s.obs.AcceptError)
+	s.adminLn = newGuardedListener(al, nil, 0, s.log, s.obs.AcceptError)
+
+	errLog := slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)
+	hs := s.cfg.Limits.HandshakeTimeout
+	s.publicSrv = &http.Server{
+		Handler:           s.publicHandler(),
+		ReadHeaderTimeout: hs, // slowloris: headers must arrive in time
+		IdleTimeout:       hs, // keep-alive conns that never upgrade
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          errLog,
+	}
+	s.adminSrv = &http.Server{
+		Handler:           s.adminHandler(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		ErrorLog:          errLog,
+	}
+
+	stop := make(chan struct{})
+	var bg sync.WaitGroup
+	bg.Add(3)
+	go func() { defer bg.Done(); s.housekeeping(stop) }()
+	errc := make(chan error, 2)
+	go func() { defer bg.Done(); errc <- serveErr(s.publicSrv.Serve(s.publicLn)) }()
+	go func() { defer bg.Done(); errc <- serveErr(s.adminSrv.Serve(s.adminLn)) }()
+	close(s.ready)
+	s.log.Info("wsd listening", "public", s.Addr().String(), "admin", s.AdminAddr().String(),
+		"fd_limit", s.fd.limit, "fd_soft", s.fd.soft, "fd_hard", s.fd.hard)
+
+	var serveError error
+	select {
+	case <-ctx.Done():
+	case serveError = <-errc:
+	}
+	s.shutdown()
+	close(stop)
+	bg.Wait()
+	s.publicLn.closeSpare()
+	s.adminLn.closeSpare()
+	return serveError
+}
+
+func serveErr(err error) error {
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Ready is closed once both listeners accept connections.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// Addr returns the public listener's address; valid after Ready.
+func (s *Server) Addr() net.Addr { return s.publicLn.Addr() }
+
+// AdminAddr returns the admin listener's address; valid after Ready.
+func (s *Server) AdminAddr() net.Addr { return s.adminLn.Addr() }
+
+// shutdown: readiness off and upgrades refused, listeners closed, 1001
+// queued to every session behind its pending writes, then up to
+// drain_timeout for sessions to end before the rest are force-closed.
+func (s *Server) shutdown() {
+	s.adm.draining.Store(true)
+	drain := s.cfg.Shutdown.DrainTimeout
+	s.log.Info("draining", "connections", s.sessions.len(), "drain_timeout", drain)
+	ctx, cancel := context.WithTimeout(context.Background(), drain)
+	defer cancel()
+	httpDone := make(chan struct{})
+	go func() { defer close(httpDone); _ = s.publicSrv.Shutdown(ctx) }()
+
+	var buf []*session
+	buf = s.sessions.each(buf, (*session).goAway)
+	drained := make(chan struct{})
+	go func() { s.wg.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-ctx.Done():
+		left := s.sessions.len()
+		s.log.Warn("drain timeout: force-closing remaining connections", "connections", left)
+		s.sessions.each(buf, func(ss *session) { ss.abort(reasonForcedShutdown, nil) })
+		<-drained // abort closes sockets: every read loop ends promptly
+	}
+	<-httpDone
+	_ = s.publicSrv.Close()
+	actx, acancel := context.WithTimeout(context.Background(), time.Second)
+	defer acancel()
+	_ = s.adminSrv.Shutdown(actx)
+	s.log.Info("shutdown complete")
+}
+
+// publicHandler routes the WebSocket endpoints.
+func (s *Server) publicHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/ws/echo", func(w http.ResponseWriter, r *http.Request) {
+		s.upgrade(w, r, EndpointEcho, "")
+	})
+	mux.HandleFunc("/ws/topics/", func(w http.ResponseWriter, r *http.Request) {
+		topic := r.URL.Path[len("/ws/topics/"):]
+		if !validTopic(topic) {
+			s.reject(w, r, &rejection{reason: RejectBadRequest, status: http.StatusBadRequest,
+				msg: "topic must be 1-128 characters of [A-Za-z0-9._-]"})
+			return
+		}
+		s.upgrade(w, r, EndpointTopic, topic)
+	})
+	return mux
+}
+
+// validTopic: 1–128 characters of [A-Za-z0-9._-].
+func validTopic(t string) bool {
+	if len(t) == 0 || len(t) > 128 {
+		return false
+	}
+	for i := 0; i < len(t); i++ {
+		c := t[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Server) reject(w http.ResponseWriter, r *http.Request, rej *rejection) {
+	s.obs.UpgradeRejected(r.Context(), r, rej.reason)
+	s.log.LogAttrs(r.Context(), slog.LevelDebug, "upgrade rejected", slog.String("reason", string(rej.reason)),
+		slog.Int("status", rej.status), slog.String("remote", r.RemoteAddr))
+	rej.write(w)
+}
+
+// upgrade admits, upgrades and registers one connection.
+func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, ep Endpoint, topic string) {
+	if rej := checkRequest(r); rej != nil {
+		s.reject(w, r, rej)
+		return
+	}
+	if rej := s.adm.checkOrigin(r); rej != nil {
+		s.reject(w, r, rej)
+		return
+	}
+	remote, _ := netip.ParseAddrPort(r.RemoteAddr)
+	ip := remote.Addr().Unmap()
+	if rej := s.adm.reserve(ip); rej != nil {
+		s.reject(w, r, rej)
+		return
+	}
+	nc, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		s.adm.release(ip)
+		http.Error(w, "wsd: upgrade failed", http.StatusInternalServerError)
+		return
+	}
+	_ = nc.SetDeadline(time.Time{}) // net/http's header deadline no longer applies
+	// brw.Reader may already hold the client's first frames.
+	conn, err := s.upgrader.UpgradeFromConn(nc, brw.Reader, r)
+	if err != nil {
+		s.adm.release(ip) // gws answered 400 and closed the socket
+		s.obs.UpgradeRejected(r.Context(), r, RejectBadRequest)
+		return
+	}
+	if tc, ok := nc.(*trackedConn); ok {
+		tc.upgraded()
+	}
+
+	sess := &session{
+		srv: s, id: s.nextID.Add(1), endpoint: ep, topic: topic, remote: remote,
+		conn: conn, nc: nc, opened: time.Now(), dying: make(chan struct{}),
+		buf: newSendBuffer(&s.cfg.Backpressure, &s.load),
+	}
+	if lim := s.cfg.Limits; lim.MessageRate > 0 {
+		sess.limiter = rate.NewLimiter(rate.Limit(lim.MessageRate), lim.MessageBurst)
+	}
+	sess.lastSeen.Store(s.now())
+	sess.lastPing.Store(s.now())
+	sess.ctx, sess.obs = s.obs.SessionOpened(context.WithoutCancel(r.Context()), SessionInfo{
+		ID: sess.id, Endpoint: ep, Topic: topic, Remote: remote, Request: r,
+	})
+	conn.Session().Store("session", sess)
+
+	s.register(sess)
+	if s.adm.draining.Load() {
+		sess.goAway() // shutdown began while we were upgrading
+	}
+	s.log.LogAttrs(sess.ctx, slog.LevelDebug, "connection opened", slog.Uint64("conn_id", sess.id),
+		slog.String("remote", r.RemoteAddr), slog.String("endpoint", string(ep)))
+	go conn.ReadLoop()
+}
+
+func (s *Server) register(sess *session) {
+	s.wg.Add(1)
+	s.sessions.add(sess)
+	s.endpointCounter(sess.endpoint).Add(1)
+	if sess.endpoint == EndpointTopic {
+		sess.unsub = s.bus.Subscribe(sess.topic, sess)
+	}
+}
+
+// unregister removes a session from every registry; called once, from
+// session.finish.
+func (s *Server) unregister(sess *session) {
+	if sess.unsub != nil {
+		sess.unsub()
+	}
+	s.sessions.remove(sess)
+	s.endpointCounter(sess.endpoint).Add(-1)
+	s.adm.release(sess.remote.Addr().Unmap())
+	s.wg.Done()
+}
+
+func (s *Server) endpointCounter(ep Endpoint) *atomic.Int64 {
+	if ep == EndpointTopic {
+		return &s.counters.topic
+	}
+	return &s.counters.echo
+}
+
+// gwsLogger routes gws's own log lines to slog.
+type gwsLogger struct{ l *slog.Logger }
+
+func (g gwsLogger) Error(v ...any) { g.l.Error("gws", "msg", fmt.Sprint(v...)) }

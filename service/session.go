@@ -1,0 +1,395 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/lxzan/gws"
+	"golang.org/x/time/rate"
+)
+
+// session is one upgraded connection. Its read loop is gws's ReadLoop
+// (one goroutine), its writes go through gws's per-connection queue (one
+// goroutine while non-empty), and every write is counted in buf.
+type session struct {
+	srv      *Server
+	id       uint64
+	endpoint Endpoint
+	topic    string
+	remote   netip.AddrPort
+	conn     *gws.Conn
+	nc       net.Conn
+	ctx      context.Context // carries the observer's span for logs
+	obs      SessionObserver
+	buf      *sendBuffer
+	limiter  *rate.Limiter // nil: no shaping
+	opened   time.Time
+	unsub    func()
+
+	lastSeen    atomic.Int64 // coarse clock (Server.now) of the last frame in
+	lastPing    atomic.Int64
+	pingPending atomic.Bool // a ping is queued: don't queue another
+	pongPending atomic.Bool // a pong is queued: answer only the latest ping
+
+	msgsIn, bytesIn, msgsOut, bytesOut, dropped atomic.Int64
+
+	// Server-initiated close: the first of closeWith/abort wins.
+	endOnce   sync.Once
+	dying     chan struct{} // closed when the server starts closing us
+	endCode   uint16
+	endReason string
+	endErr    error
+	goAwayOne sync.Once
+}
+
+// sessionSlot is the gws SessionStorage of a connection: it holds only
+// the *session, written once before the read loop starts, so reading it
+// per message needs no lock (gws's default storage takes a mutex).
+type sessionSlot struct{ s *session }
+
+func (*sessionSlot) Len() int                               { return 1 }
+func (c *sessionSlot) Load(string) (any, bool)              { return c.s, c.s != nil }
+func (*sessionSlot) Delete(string)                          {}
+func (c *sessionSlot) Store(_ string, v any)                { c.s, _ = v.(*session) }
+func (c *sessionSlot) Range(f func(key string, v any) bool) { f("session", c.s) }
+
+func sessionOf(c *gws.Conn) *session { return c.Session().(*sessionSlot).s }
+
+// handler implements gws.Event for every connection of a Server.
+type handler struct{ srv *Server }
+
+func (h handler) OnOpen(*gws.Conn) {}
+
+func (h handler) OnPing(c *gws.Conn, payload []byte) {
+	s := sessionOf(c)
+	s.touch()
+	// A client that floods pings without reading must not grow the
+	// queue: RFC 6455 §5.5.3 allows answering only the latest ping.
+	if !s.pongPending.CompareAndSwap(false, true) {
+		return
+	}
+	p := append([]byte(nil), payload...)
+	c.Async(func() {
+		s.pongPending.Store(false)
+		s.setWriteDeadline()
+		_ = c.WritePong(p)
+	})
+}
+
+func (h handler) OnPong(c *gws.Conn, _ []byte) { sessionOf(c).touch() }
+
+func (h handler) OnMessage(c *gws.Conn, m *gws.Message) {
+	s := sessionOf(c)
+	defer func() {
+		if v := recover(); v != nil {
+			s.srv.log.LogAttrs(s.ctx, slog.LevelError, "panic while handling a message; closing with 1011",
+				slog.Uint64("conn_id", s.id), slog.Any("panic", v))
+			s.closeWith(CloseInternalError, reasonInternalError, fmt.Errorf("panic: %v", v))
+		}
+	}()
+	s.touch()
+	n := m.Data.Len()
+	s.msgsIn.Add(1)
+	s.bytesIn.Add(int64(n))
+	s.obs.MessageReceived(n)
+	if hook := s.srv.testHook; hook != nil {
+		hook(s, m)
+	}
+	switch s.endpoint {
+	case EndpointEcho:
+		s.echo(m) // takes ownership of m
+	case EndpointTopic:
+		payload := append([]byte(nil), m.Bytes()...)
+		op := m.Opcode
+		_ = m.Close()
+		s.srv.bus.Publish(s.topic, s, op, payload)
+	}
+	s.waitWhilePaused()
+	s.shape()
+}
+
+func (h handler) OnClose(c *gws.Conn, err error) { sessionOf(c).finish(err) }
+
+// touch records inbound activity for the heartbeat.
+func (s *session) touch() { s.lastSeen.Store(s.srv.now()) }
+
+func (s *session) setWriteDeadline() {
+	_ = s.nc.SetWriteDeadline(time.Now().Add(s.srv.cfg.Backpressure.WriteTimeout))
+}
+
+// echo queues m back to the client. The write deadline is set per frame,
+// in the writer, so a peer that keeps pinging but never reads cannot
+// extend a stuck write.
+func (s *session) echo(m *gws.Message) {
+	n := int64(m.Data.Len())
+	t, total := s.buf.add(n)
+	s.report(t, total)
+	s.conn.Async(func() {
+		s.setWriteDeadline()
+		err := s.conn.WriteMessage(m.Opcode, m.Bytes())
+		_ = m.Close()
+		s.written(n, err)
+	})
+}
+
+// Deliver implements Subscriber: it queues a fan-out message without ever
+// blocking the publisher. The frame is encoded once per publish
+// (gws.Broadcaster); the jobs around it set this socket's write deadline
+// and count completion.
+func (s *session) Deliver(m *Outbound) {
+	n := int64(len(m.Payload))
+	verdict, t, total := s.buf.offerFanout(n)
+	switch verdict {
+	case offerDrop:
+		s.dropped.Add(1)
+		s.srv.counters.dropped.Add(1)
+		s.obs.Dropped(1)
+		return
+	case offerEvict:
+		s.evictSlow(total)
+		return
+	}
+	s.report(t, total)
+	s.conn.Async(s.setWriteDeadline)
+	if err := m.b.Broadcast(s.conn); err != nil {
+		s.written(n, err)
+		return
+	}
+	s.conn.Async(func() { s.written(n, nil) })
+}
+
+// written accounts for a finished write. A failed write closes the
+// connection inside gws; a timeout is remembered as the close reason.
+func (s *session) written(n int64, err error) {
+	t, before := s.buf.done(n)
+	if err == nil {
+		s.msgsOut.Add(1)
+		s.bytesOut.Add(n)
+		s.obs.MessageSent(int(n), before)
+	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		s.abort(reasonWriteTimeout, err)
+	}
+	s.report(t, before-n)
+}
+
+// report logs and observes backpressure transitions.
+func (s *session) report(t transition, buffered int64) {
+	if t == 0 {
+		return
+	}
+	for _, e := range [...]struct {
+		bit   transition
+		ev    BackpressureEvent
+		level slog.Level
+		msg   string
+	}{
+		{transWarn, BackpressureWarn, slog.LevelWarn, "send buffer above warn level"},
+		{transPause, BackpressurePause, slog.LevelWarn, "send buffer critical: reading paused"},
+		{transResume, BackpressureResume, slog.LevelInfo, "send buffer drained: reading resumed"},
+	} {
+		if t&e.bit != 0 {
+			s.srv.log.LogAttrs(s.ctx, e.level, e.msg, slog.Uint64("conn_id", s.id), slog.Int64("buffered_bytes", buffered))
+			s.obs.Backpressure(e.ev, buffered)
+		}
+	}
+}
+
+// waitWhilePaused blocks the read loop while the send buffer is above
+// pause_bytes, so TCP flow control throttles the client. It returns when
+// the buffer drains below resume_bytes, when the session is closing, or
+// after max_paused (then the session is closed with 1013).
+func (s *session) waitWhilePaused() {
+	resume, since := s.buf.pauseState()
+	if resume == nil {
+		return
+	}
+	wait := s.srv.cfg.Backpressure.MaxPaused - time.Since(since)
+	t := time.NewTimer(max(wait, 0))
+	defer t.Stop()
+	select {
+	case <-resume:
+		s.touch() // the pause was not idleness
+	case <-s.dying:
+	case <-t.C:
+		s.closeWith(CloseTryAgainLater, reasonPausedTooLong, nil)
+	}
+}
+
+// shape delays the next read when the client sends faster than
+// limits.message_rate (token bucket). Shaping never closes.
+func (s *session) shape() {
+	if s.limiter == nil {
+		return
+	}
+	r := s.limiter.Reserve()
+	d := r.Delay()
+	if d <= 0 {
+		return
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		s.touch()
+	case <-s.dying:
+	}
+}
+
+// evictSlow closes a slow consumer with 1013 without blocking the
+// publisher (the close frame waits for the socket's write lock).
+func (s *session) evictSlow(buffered int64) {
+	first := false
+	s.endOnce.Do(func() {
+		first = true
+		s.endCode, s.endReason = CloseTryAgainLater, reasonSlowConsumer
+		close(s.dying)
+	})
+	if !first {
+		return
+	}
+	s.srv.counters.evicted.Add(1)
+	s.obs.SlowConsumer(buffered)
+	s.srv.log.LogAttrs(s.ctx, slog.LevelWarn, "slow consumer evicted",
+		slog.Uint64("conn_id", s.id), slog.Int64("buffered_bytes", buffered))
+	go s.writeClose(CloseTryAgainLater, reasonSlowConsumer)
+}
+
+// closeWith sends a close frame with code and closes the connection.
+// Only the first server-side close of a session takes effect.
+func (s *session) closeWith(code uint16, reason string, err error) {
+	first := false
+	s.endOnce.Do(func() {
+		first = true
+		s.endCode, s.endReason, s.endErr = code, reason, err
+		close(s.dying)
+	})
+	if first {
+		s.writeClose(code, reason)
+	}
+}
+
+// writeClose sends the close frame (gws then closes the socket). The
+// deadline bounds the wait for a writer stuck on a peer that stopped
+// reading.
+func (s *session) writeClose(code uint16, reason string) {
+	_ = s.nc.SetWriteDeadline(time.Now().Add(min(time.Second, s.srv.cfg.Backpressure.WriteTimeout)))
+	_ = s.conn.WriteClose(code, []byte(truncateReason(reason)))
+	_ = s.nc.Close()
+}
+
+// abort closes the socket without a close frame (the peer cannot receive
+// one: write timeout, forced shutdown).
+func (s *session) abort(reason string, err error) {
+	s.endOnce.Do(func() {
+		s.endCode, s.endReason, s.endErr = closeAbnormal, reason, err
+		close(s.dying)
+	})
+	_ = s.nc.Close()
+}
+
+// goAway queues 1001 behind the writes already accepted, so a graceful
+// shutdown loses no echo that was read before it.
+func (s *session) goAway() {
+	s.goAwayOne.Do(func() {
+		s.conn.Async(func() { s.closeWith(CloseGoingAway, reasonShutdown, nil) })
+	})
+}
+
+// heartbeatTimeout closes a silent peer: best-effort 4000, then the
+// socket, so its descriptor is released even if the frame cannot go out.
+func (s *session) heartbeatTimeout() {
+	s.srv.counters.heartbeatTimeouts.Add(1)
+	s.obs.HeartbeatTimeout()
+	s.srv.log.LogAttrs(s.ctx, slog.LevelInfo, "heartbeat timeout", slog.Uint64("conn_id", s.id))
+	go s.closeWith(CloseHeartbeatTimeout, reasonHeartbeat, nil)
+}
+
+// finish runs once, when gws's read loop ends: it classifies the close,
+// releases every resource and logs one line.
+func (s *session) finish(err error) {
+	info := CloseInfo{Duration: time.Since(s.opened), Err: err}
+	var ce *gws.CloseError
+	s.endOnce.Do(func() { close(s.dying) }) // wakes a paused reader; no-op if closing
+	switch {
+	case s.endCode != 0 && s.endCode != closeAbnormal:
+		info.Code, info.Reason, info.Initiator, info.Err = s.endCode, s.endReason, InitiatorServer, s.endErr
+	case s.endCode == closeAbnormal:
+		info.Code, info.Reason, info.Initiator, info.Err = closeAbnormal, s.endReason, InitiatorAbnormal, s.endErr
+	case errors.As(err, &ce):
+		valid := validCloseFrame(ce.Code, ce.Reason)
+		s.obs.CloseReceived(ce.Code, valid)
+		info.Code, info.Reason, info.Initiator, info.Err = ce.Code, string(ce.Reason), InitiatorClient, nil
+		if !valid {
+			info.Err = errInvalidCloseFrame
+		}
+	default:
+		info.Code, info.Initiator, info.Reason = classifyReadError(err)
+	}
+	info.Reason = truncateReason(info.Reason)
+	info.CodeLabel = CloseCodeLabel(info.Code)
+	info.MessagesIn, info.BytesIn = s.msgsIn.Load(), s.bytesIn.Load()
+	info.MessagesOut, info.BytesOut = s.msgsOut.Load(), s.bytesOut.Load()
+	info.Dropped = s.dropped.Load()
+
+	_ = s.nc.Close() // gws closes it on every path; this makes it explicit
+	s.buf.close()
+	s.srv.unregister(s)
+	s.obs.Closed(info)
+
+	level := slog.LevelInfo
+	if errors.Is(info.Err, errInvalidCloseFrame) {
+		level = slog.LevelWarn
+	}
+	attrs := []slog.Attr{
+		slog.Uint64("conn_id", s.id), slog.String("remote", s.remote.String()),
+		slog.String("endpoint", string(s.endpoint)), slog.Int("code", int(info.Code)),
+		slog.String("reason", info.Reason), slog.String("initiator", string(info.Initiator)),
+		slog.Duration("duration", info.Duration),
+		slog.Int64("msgs_in", info.MessagesIn), slog.Int64("bytes_in", info.BytesIn),
+		slog.Int64("msgs_out", info.MessagesOut), slog.Int64("bytes_out", info.BytesOut),
+	}
+	if s.topic != "" {
+		attrs = append(attrs, slog.String("topic", s.topic))
+	}
+	if info.Dropped > 0 {
+		attrs = append(attrs, slog.Int64("dropped", info.Dropped))
+	}
+	if info.Err != nil {
+		attrs = append(attrs, slog.String("error", info.Err.Error()))
+	}
+	s.srv.log.LogAttrs(s.ctx, level, "connection closed", attrs...)
+}
+
+var errInvalidCloseFrame = errors.New("invalid close frame (RFC 6455 §7.4): answered 1002")
+
+// classifyReadError maps the error that ended gws's read loop, when
+// neither side sent a close frame wsd initiated, to a code and initiator.
+// gws has already answered protocol errors with a close frame: its
+// status-code errors (1002, 1009) and invalid UTF-8 (1007).
+func classifyReadError(err error) (uint16, Initiator, string) {
+	var sc interface{ Uint16() uint16 }
+	switch {
+	case errors.As(err, &sc):
+		return sc.Uint16(), InitiatorServer, err.Error()
+	case errors.Is(err, gws.ErrTextEncoding):
+		return CloseInvalidPayload, InitiatorServer, err.Error()
+	case err == nil, errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
+		errors.Is(err, net.ErrClosed), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return closeAbnormal, InitiatorAbnormal, "connection lost"
+	}
+	var ne net.Error
+	if errors.As(err, &ne) {
+		return closeAbnormal, InitiatorAbnormal, "connection lost"
+	}
+	// Any other read error is a framing violation gws answered with 1002.
+	return CloseProtocolError, InitiatorServer, err.Error()
+}
