@@ -4,6 +4,7 @@ import (
 	"os"
 	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // fdGuard estimates the process's open descriptors without a /proc scan
@@ -21,9 +22,15 @@ type fdGuard struct {
 	// files and the spare descriptor.
 	hard int64
 
-	other  atomic.Int64 // descriptors that are not public connections
-	public atomic.Int64 // open public connections (exact)
+	other   atomic.Int64 // descriptors that are not public connections
+	public  atomic.Int64 // open public connections (exact)
+	sampled atomic.Int64 // unix nanos of the last sample
 }
+
+// resampleEvery bounds how often a refusal re-reads the count, so the
+// guard lifts soon after descriptors are freed elsewhere in the process
+// without scanning /proc per request under a flood.
+const resampleEvery = 100 * time.Millisecond
 
 // adminReserve is the number of descriptors the hard cap keeps back for
 // the admin listener and the process (at least; 5% of the limit when
@@ -46,6 +53,7 @@ func newFDGuard(headroom float64) *fdGuard {
 
 // sample re-reads the open descriptor count.
 func (g *fdGuard) sample() {
+	g.sampled.Store(time.Now().UnixNano())
 	if n, ok := countOpenFDs(); ok {
 		g.other.Store(max(0, int64(n)-g.public.Load()))
 	}
@@ -55,10 +63,22 @@ func (g *fdGuard) sample() {
 func (g *fdGuard) open() int64 { return g.other.Load() + g.public.Load() }
 
 // underPressure reports whether new upgrades must be refused.
-func (g *fdGuard) underPressure() bool { return g.open() > g.soft }
+func (g *fdGuard) underPressure() bool { return g.over(g.soft + 1) }
 
 // exhausted reports whether the public listener must refuse at accept.
-func (g *fdGuard) exhausted() bool { return g.open() >= g.hard }
+func (g *fdGuard) exhausted() bool { return g.over(g.hard) }
+
+// over reports whether open descriptors are at or above limit, re-reading
+// a stale sample before saying yes.
+func (g *fdGuard) over(limit int64) bool {
+	if g.open() < limit {
+		return false
+	}
+	if time.Now().UnixNano()-g.sampled.Load() > int64(resampleEvery) {
+		g.sample()
+	}
+	return g.open() >= limit
+}
 
 // countOpenFDs counts the entries of /proc/self/fd (Linux). It costs a
 // directory read, so it runs on the housekeeping tick and for

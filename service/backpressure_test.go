@@ -1,0 +1,240 @@
+package service
+
+import (
+	"encoding/binary"
+	"fmt"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/lxzan/gws"
+)
+
+// TestSendBufferHysteresis drives the state machine through levels and
+// checks the transitions: pause at pause_bytes, resume only below
+// resume_bytes, no flapping in between, one warn per episode.
+func TestSendBufferHysteresis(t *testing.T) {
+	cfg := BackpressureConfig{WarnBytes: 100, PauseBytes: 1000, ResumeBytes: 500, MaxBytes: 2000, SlowConsumer: SlowConsumerClose}
+	type step struct {
+		delta int64 // > 0 add, < 0 done
+		want  transition
+	}
+	tests := []struct {
+		name  string
+		steps []step
+	}{
+		{"warn once then pause", []step{{50, 0}, {60, transWarn}, {100, 0}, {800, transPause}}},
+		{"warn and pause together", []step{{1000, transWarn | transPause}}},
+		{"no flapping between resume and pause", []step{
+			{1000, transWarn | transPause},
+			{-400, 0}, {399, 0}, {-399, 0}, {300, 0}, {-300, 0}, // 600..999: stays paused
+			{-101, transResume}, // 499 < 500
+			{400, 0}, {-400, 0}, {500, 0}, // 499..999 again: stays running
+			{1, transPause},
+		}},
+		{"warn episode ends below half the warn level", []step{
+			{150, transWarn}, {-60, 0}, {60, 0}, {-101, 0}, {100, transWarn},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var totals loadCounters
+			b := newSendBuffer(&cfg, &totals)
+			var level int64
+			for i, st := range tt.steps {
+				var got transition
+				if st.delta > 0 {
+					got, _ = b.add(st.delta)
+				} else {
+					got, _ = b.done(-st.delta)
+				}
+				level += st.delta
+				if got != st.want {
+					t.Fatalf("step %d (%+d → %d): transition %03b, want %03b", i, st.delta, level, got, st.want)
+				}
+				if totals.buffered.Load() != level {
+					t.Fatalf("step %d: total buffered %d, want %d", i, totals.buffered.Load(), level)
+				}
+				wantPaused := int64(0)
+				if b.isPaused() {
+					wantPaused = 1
+				}
+				if totals.paused.Load() != wantPaused {
+					t.Fatalf("step %d: total paused %d, want %d", i, totals.paused.Load(), wantPaused)
+				}
+			}
+			b.close()
+			if totals.buffered.Load() != 0 || totals.paused.Load() != 0 {
+				t.Fatalf("after close: totals %d bytes %d paused, want 0 0", totals.buffered.Load(), totals.paused.Load())
+			}
+		})
+	}
+}
+
+// TestSendBufferFanoutPolicies checks the slow-consumer verdicts.
+func TestSendBufferFanoutPolicies(t *testing.T) {
+	for _, policy := range []string{SlowConsumerClose, SlowConsumerDrop} {
+		t.Run(policy, func(t *testing.T) {
+			cfg := BackpressureConfig{WarnBytes: 100, PauseBytes: 1000, ResumeBytes: 500, MaxBytes: 2000, SlowConsumer: policy}
+			var totals loadCounters
+			b := newSendBuffer(&cfg, &totals)
+			if v, _, _ := b.offerFanout(2000); v != offerAccept {
+				t.Fatalf("at max: verdict %d, want accept", v)
+			}
+			want := offerEvict
+			if policy == SlowConsumerDrop {
+				want = offerDrop
+			}
+			if v, _, _ := b.offerFanout(1); v != want {
+				t.Fatalf("over max: verdict %d, want %d", v, want)
+			}
+			if policy == SlowConsumerDrop {
+				b.done(1000) // 1000: drained but not below resume
+				if v, _, _ := b.offerFanout(1); v != offerDrop {
+					t.Fatalf("still dropping above resume: verdict %d", v)
+				}
+				b.done(600) // 400 < resume
+				if v, _, _ := b.offerFanout(1); v != offerAccept {
+					t.Fatalf("drained below resume: verdict %d, want accept", v)
+				}
+			}
+		})
+	}
+}
+
+// TestEchoLosslessUnderPause: a client writes 50 MiB without reading, the
+// server pauses reading (bounded memory), then the client reads
+// everything back, in order, nothing lost.
+func TestEchoLosslessUnderPause(t *testing.T) {
+	ts := runServer(t, nil)
+	const msgSize = 32 << 10
+	const total = 50 << 20
+	const count = total / msgSize
+
+	conn, h := dialGWS(t, ts.wsURL("/ws/echo"), false)
+	var next atomic.Int64
+	var orderErr atomic.Value
+	h.onMsg = func(b []byte) {
+		want := next.Add(1) - 1
+		if got := int64(binary.BigEndian.Uint64(b)); got != want || len(b) != msgSize {
+			orderErr.CompareAndSwap(nil, fmt.Sprintf("message %d: got seq %d len %d", want, got, len(b)))
+		}
+	}
+
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	baseHeap := ms.HeapAlloc
+
+	writeErr := make(chan error, 1)
+	go func() {
+		buf := make([]byte, msgSize)
+		for i := range count {
+			binary.BigEndian.PutUint64(buf, uint64(i))
+			if err := conn.WriteMessage(gws.OpcodeBinary, buf); err != nil {
+				writeErr <- err
+				return
+			}
+		}
+		writeErr <- nil
+	}()
+
+	// The server must pause reading while the client does not read.
+	var peakBuffered int64
+	var peakHeap uint64
+	checkFor(t, 20*time.Second, 10*time.Millisecond, func() error {
+		st := ts.Load()
+		peakBuffered = max(peakBuffered, st.BufferedBytes)
+		if st.Paused < 1 {
+			return fmt.Errorf("not paused yet: %+v", st)
+		}
+		return nil
+	})
+	// While paused, memory stays bounded even though the client keeps
+	// trying to write (its writes block on TCP flow control).
+	for range 20 {
+		st := ts.Load()
+		peakBuffered = max(peakBuffered, st.BufferedBytes)
+		runtime.ReadMemStats(&ms)
+		peakHeap = max(peakHeap, ms.HeapAlloc)
+		time.Sleep(10 * time.Millisecond)
+	}
+	bound := ts.cfg.Backpressure.PauseBytes + int64(ts.cfg.Limits.MaxMessageBytes)
+	if peakBuffered > bound {
+		t.Fatalf("buffered %d bytes while paused, bound %d", peakBuffered, bound)
+	}
+	if grown := int64(peakHeap) - int64(baseHeap); grown > 16<<20 {
+		t.Fatalf("heap grew by %d MiB while paused (50 MiB offered)", grown>>20)
+	}
+
+	go conn.ReadLoop()
+	if err := <-writeErr; err != nil {
+		t.Fatalf("client write: %v", err)
+	}
+	checkFor(t, 60*time.Second, 20*time.Millisecond, func() error {
+		if n := next.Load(); n != count {
+			return fmt.Errorf("received %d of %d echoes", n, count)
+		}
+		return nil
+	})
+	if v := orderErr.Load(); v != nil {
+		t.Fatal(v)
+	}
+	snap := ts.obs.snapshot()
+	if snap.events[BackpressurePause] < 1 || snap.events[BackpressureResume] < 1 || snap.events[BackpressureWarn] < 1 {
+		t.Fatalf("backpressure events %v, want warn, pause and resume", snap.events)
+	}
+	if snap.events[BackpressurePause] != snap.events[BackpressureResume] {
+		t.Fatalf("pauses %d != resumes %d after draining", snap.events[BackpressurePause], snap.events[BackpressureResume])
+	}
+	st := ts.Load()
+	if st.Paused != 0 || st.BufferedBytes != 0 {
+		t.Fatalf("after drain: %+v", st)
+	}
+	_ = conn.WriteClose(1000, nil)
+	<-h.closed
+	waitIdle(t, ts)
+}
+
+// TestMaxPausedCloses1013: a connection that stays paused longer than
+// max_paused is closed with 1013; pausing does not trip the heartbeat.
+func TestMaxPausedCloses1013(t *testing.T) {
+	ts := runServer(t, func(c *Config) {
+		c.Backpressure.MaxPaused = 1500 * time.Millisecond
+		c.Heartbeat.PingInterval = 100 * time.Millisecond
+		c.Heartbeat.PongTimeout = 100 * time.Millisecond
+	})
+	rc, _ := dialRaw(t, ts.wsURL("/ws/echo"), 4096, nil)
+	payload := make([]byte, 16<<10)
+	go func() {
+		for range 1000 { // bounded: 16 MiB, far above pause_bytes
+			if rc.writeFrame(0x2, payload) != nil {
+				return
+			}
+		}
+	}()
+	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if ts.Load().Paused != 1 {
+			return fmt.Errorf("not paused")
+		}
+		return nil
+	})
+	// The peer does not read, so the close frame is best effort: the
+	// server's record says 1013, and the client's stream ends either with
+	// that frame or with EOF — never a hang.
+	code, err := rc.readUntilClose(30 * time.Second)
+	if err == nil && code != CloseTryAgainLater {
+		t.Fatalf("close code %d, want 1013", code)
+	}
+	if err != nil && !isEOF(err) {
+		t.Fatalf("stream ended with %v, want close frame or EOF", err)
+	}
+	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		return expectClose(ts, CloseTryAgainLater, reasonPausedTooLong, InitiatorServer)
+	})
+	if hb := ts.obs.snapshot().heartbeat; hb != 0 {
+		t.Fatalf("%d heartbeat timeouts for a paused connection, want 0", hb)
+	}
+	waitIdle(t, ts)
+}

@@ -1,0 +1,141 @@
+package service
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// emfileChildEnv makes the test binary act as a wsd process with a tiny
+// descriptor limit (see emfileChild).
+const emfileChildEnv = "WSD_TEST_EMFILE_CHILD"
+
+// TestAcceptSurvivesEMFILE runs a server in a child process whose
+// descriptors are all used up, so accept fails with EMFILE. Clients must
+// get an answer (the spare-descriptor 503) or a close, never a hang; the
+// accept loop must not spin; once descriptors are free again, upgrades
+// succeed.
+func TestAcceptSurvivesEMFILE(t *testing.T) {
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), emfileChildEnv+"=1")
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	lines := bufio.NewScanner(stdout)
+	next := func(prefix string) []string {
+		t.Helper()
+		for lines.Scan() {
+			if f := strings.Fields(lines.Text()); len(f) > 0 && f[0] == prefix {
+				return f[1:]
+			}
+		}
+		t.Fatalf("child ended before %s: %v", prefix, lines.Err())
+		return nil
+	}
+	addrs := next("READY")
+	public, admin := addrs[0], addrs[1]
+	next("FULL")
+
+	for i := range 20 {
+		c, err := net.DialTimeout("tcp", public, 5*time.Second)
+		if err != nil {
+			continue // refused by the kernel: an answer, not a hang
+		}
+		_ = c.SetDeadline(time.Now().Add(15 * time.Second))
+		_, _ = io.WriteString(c, "GET /ws/echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		switch {
+		case err == nil && resp.StatusCode == http.StatusServiceUnavailable:
+		case err != nil && (isEOF(err) || strings.Contains(err.Error(), "reset")):
+		default:
+			t.Fatalf("connection %d under EMFILE: response %v, error %v; want 503 or close", i, resp, err)
+		}
+		c.Close()
+	}
+
+	fmt.Fprintln(stdin, "release")
+	next("RELEASED")
+	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		resp, err := http.Get("http://" + admin + "/debug/stats")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		return nil
+	})
+	// The guard re-reads the descriptor count within resampleEvery.
+	checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		rc, resp, err := tryDialRaw("ws://"+public+"/ws/echo", 0, nil)
+		if err != nil {
+			return err
+		}
+		rc.Close()
+		if resp.StatusCode != http.StatusSwitchingProtocols {
+			return fmt.Errorf("upgrade after release: %s", resp.Status)
+		}
+		return nil
+	})
+	stdin.Close()
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("child: %v", err)
+	}
+}
+
+// emfileChild is the child side of TestAcceptSurvivesEMFILE.
+func emfileChild() int {
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: 64, Max: 64}); err != nil {
+		fmt.Fprintln(os.Stderr, "setrlimit:", err)
+		return 1
+	}
+	cfg := testConfig()
+	cfg.Log.Level = "error"
+	srv, err := New(cfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	<-srv.Ready()
+	fmt.Printf("READY %s %s\n", srv.Addr(), srv.AdminAddr())
+
+	var fillers []*os.File
+	for {
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			break
+		}
+		fillers = append(fillers, f)
+	}
+	fmt.Printf("FULL %d\n", len(fillers))
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		if in.Text() == "release" {
+			for _, f := range fillers {
+				f.Close()
+			}
+			fillers = nil
+			fmt.Println("RELEASED")
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
