@@ -1,0 +1,206 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// runWsd runs the command in-process and returns its exit code and output.
+func runWsd(t *testing.T, args, environ []string) (int, string, string) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	code := run(args, environ, &stdout, &stderr)
+	return code, stdout.String(), stderr.String()
+}
+
+// effective returns the configuration wsd would run with, as printed by
+// --print-config, keyed by dotted path.
+func effective(t *testing.T, args, environ []string) map[string]string {
+	t.Helper()
+	code, out, errOut := runWsd(t, append(args, "--print-config"), environ)
+	if code != 0 {
+		t.Fatalf("--print-config exited %d: %s", code, errOut)
+	}
+	var tree map[string]any
+	if err := yaml.Unmarshal([]byte(out), &tree); err != nil {
+		t.Fatalf("--print-config is not YAML: %v\n%s", err, out)
+	}
+	flat := map[string]string{}
+	var walk func(prefix string, v any)
+	walk = func(prefix string, v any) {
+		if m, ok := v.(map[string]any); ok {
+			for k, sub := range m {
+				walk(strings.TrimPrefix(prefix+"."+k, "."), sub)
+			}
+			return
+		}
+		flat[prefix] = fmt.Sprint(v)
+	}
+	walk("", tree)
+	return flat
+}
+
+func writeFile(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "wsd.yaml")
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestConfigLayers: each layer overrides the one before it — defaults,
+// then the YAML file, then WSD_ environment variables, then flags.
+func TestConfigLayers(t *testing.T) {
+	file := writeFile(t, "listen: \":7000\"\nbackpressure:\n  pause_bytes: 2000000\n  resume_bytes: 1000\n  slow_consumer: drop\nheartbeat:\n  ping_interval: 7s\n")
+	tests := []struct {
+		name    string
+		args    []string
+		environ []string
+		want    map[string]string
+	}{
+		{"defaults", nil, nil, map[string]string{
+			"listen": ":8080", "admin_listen": ":9090", "backpressure.pause_bytes": "1048576",
+			"backpressure.resume_bytes": "524288", "heartbeat.ping_interval": "25s", "backpressure.slow_consumer": "close",
+			"limits.max_connections": "10000", "shutdown.drain_timeout": "10s",
+		}},
+		{"file over defaults", []string{"--config", file}, nil, map[string]string{
+			"listen": ":7000", "backpressure.pause_bytes": "2000000", "backpressure.resume_bytes": "1000",
+			"heartbeat.ping_interval": "7s", "backpressure.slow_consumer": "drop", "admin_listen": ":9090",
+		}},
+		{"env over file", []string{"--config", file}, []string{"WSD_BACKPRESSURE__PAUSE_BYTES=3000000", "WSD_HEARTBEAT__PING_INTERVAL=9s", "UNRELATED=1"},
+			map[string]string{"listen": ":7000", "backpressure.pause_bytes": "3000000", "heartbeat.ping_interval": "9s"}},
+		{"flags over env", []string{"--config=" + file, "--backpressure.pause_bytes=4000000", "--listen=:7100"},
+			[]string{"WSD_BACKPRESSURE__PAUSE_BYTES=3000000", "WSD_LISTEN=:7200"},
+			map[string]string{"listen": ":7100", "backpressure.pause_bytes": "4000000", "heartbeat.ping_interval": "7s"}},
+		{"list from env", nil, []string{"WSD_LIMITS__ALLOWED_ORIGINS=https://a.example, https://b.example"},
+			map[string]string{"limits.allowed_origins": "[https://a.example https://b.example]"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := effective(t, tt.args, tt.environ)
+			for k, v := range tt.want {
+				if got[k] != v {
+					t.Errorf("%s = %q, want %q", k, got[k], v)
+				}
+			}
+		})
+	}
+}
+
+// TestConfigInvalid: every invalid configuration exits non-zero before
+// listening, with a message naming the offending key.
+func TestConfigInvalid(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		environ []string
+		file    string
+		wantKey string
+	}{
+		{"resume not below pause", []string{"--backpressure.resume_bytes=2097152"}, nil, "", "backpressure.resume_bytes"},
+		{"unknown slow-consumer policy", nil, []string{"WSD_BACKPRESSURE__SLOW_CONSUMER=ignore"}, "", "backpressure.slow_consumer"},
+		{"negative size", []string{"--limits.max_message_bytes=-1"}, nil, "", "limits.max_message_bytes"},
+		{"negative max_bytes in file", nil, nil, "backpressure:\n  max_bytes: -5\n", "backpressure.max_bytes"},
+		{"unparsable duration flag", []string{"--heartbeat.ping_interval=soon"}, nil, "", "heartbeat.ping_interval"},
+		{"unparsable duration env", nil, []string{"WSD_HEARTBEAT__PONG_TIMEOUT=10 parsecs"}, "", "pong_timeout"},
+		{"unparsable duration file", nil, nil, "shutdown:\n  drain_timeout: forever\n", "drain_timeout"},
+		{"unknown key in file", nil, nil, "backpressure:\n  pause_byte: 10\n", "backpressure.pause_byte"},
+		{"unknown section in file", nil, nil, "limitz:\n  max_connections: 1\n", "limitz"},
+		{"bad headroom", []string{"--limits.fd_headroom=1.5"}, nil, "", "limits.fd_headroom"},
+		{"bad origin", []string{"--limits.allowed_origins=not a url"}, nil, "", "limits.allowed_origins"},
+		{"bad log format", []string{"--log.format=xml"}, nil, "", "log.format"},
+		{"unknown flag", []string{"--backpressure.nope=1"}, nil, "", "backpressure.nope"},
+		{"missing file", []string{"--config=/nonexistent/wsd.yaml"}, nil, "", "/nonexistent/wsd.yaml"},
+		{"positional argument", []string{"serve"}, nil, "", `"serve"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := tt.args
+			if tt.file != "" {
+				args = append(args, "--config", writeFile(t, tt.file))
+			}
+			code, out, errOut := runWsd(t, args, tt.environ)
+			if code == 0 {
+				t.Fatalf("exit 0, want non-zero; stdout:\n%s", out)
+			}
+			if !strings.Contains(errOut, tt.wantKey) {
+				t.Fatalf("stderr does not name %q:\n%s", tt.wantKey, errOut)
+			}
+		})
+	}
+}
+
+// TestConfigUnknownEnvIgnoredLoudly: a WSD_ variable that names no key
+// is reported on stderr rather than silently ignored.
+func TestConfigUnknownEnvIgnoredLoudly(t *testing.T) {
+	code, _, errOut := runWsd(t, []string{"--print-config"}, []string{"WSD_BACKPRESURE__PAUSE_BYTES=1"})
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	if !strings.Contains(errOut, "WSD_BACKPRESURE__PAUSE_BYTES") {
+		t.Fatalf("unknown variable not reported: %q", errOut)
+	}
+}
+
+// TestHelpListsEveryKey: --help shows every configuration key with its
+// default, and each key has a description.
+func TestHelpListsEveryKey(t *testing.T) {
+	code, out, errOut := runWsd(t, []string{"--help"}, nil)
+	if code != 0 {
+		t.Fatalf("--help exited %d: %s", code, errOut)
+	}
+	keys := effective(t, nil, nil)
+	if len(keys) < 25 {
+		t.Fatalf("only %d keys in --print-config", len(keys))
+	}
+	for key := range keys {
+		if !strings.Contains(out, "--"+key+" ") && !strings.Contains(out, "--"+key+"=") {
+			t.Errorf("--help does not list --%s", key)
+		}
+		if keyHelp[key] == "" {
+			t.Errorf("key %s has no help text", key)
+		}
+	}
+	for _, def := range []string{`(default ":8080")`, "(default 1048576)", "(default 25s)", `(default "close")`} {
+		if !strings.Contains(out, def) {
+			t.Errorf("--help lacks %s", def)
+		}
+	}
+}
+
+// TestHealthcheck: the subcommand used by the image's HEALTHCHECK exits 0
+// on 200 and non-zero otherwise.
+func TestHealthcheck(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	status := http.StatusOK
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(status) })}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	url := "http://" + ln.Addr().String() + "/healthz"
+
+	if code, _, errOut := runWsd(t, []string{"healthcheck", "--url", url}, nil); code != 0 {
+		t.Fatalf("healthy: exit %d: %s", code, errOut)
+	}
+	status = http.StatusServiceUnavailable
+	if code, _, errOut := runWsd(t, []string{"healthcheck", "--url=" + url}, nil); code == 0 || !strings.Contains(errOut, "503") {
+		t.Fatalf("unhealthy: exit %d, stderr %q", code, errOut)
+	}
+	if code, _, _ := runWsd(t, []string{"healthcheck", "--url", "http://127.0.0.1:1/healthz"}, nil); code == 0 {
+		t.Fatal("unreachable: exit 0")
+	}
+	if code, _, _ := runWsd(t, []string{"healthcheck", "--bogus"}, nil); code != 2 {
+		t.Fatalf("bad argument: exit %d, want 2", code)
+	}
+}
