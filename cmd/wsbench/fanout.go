@@ -1,0 +1,253 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lxzan/gws"
+)
+
+// fanoutConfig is one fan-out run: a publisher and subscribers on one
+// topic (/ws/topics/{topic}); the server sends each published message to
+// every other connection of the topic.
+type fanoutConfig struct {
+	dial   dialOptions // url is the topic endpoint
+	subs   int         // subscribers, slow ones included
+	slow   int         // subscribers that stop reading after their first message
+	rate   float64     // published messages per second
+	size   int         // payload bytes (>= 8)
+	warmup time.Duration
+	window time.Duration
+	pid    int           // server process; 0: none
+	every  time.Duration // server RSS sampling period
+}
+
+// FanoutResult is what one fan-out run measured.
+type FanoutResult struct {
+	Subscribers int     `json:"subscribers"`
+	Slow        int     `json:"slow_subscribers"`
+	Rate        float64 `json:"publish_rate"`
+	PayloadSize int     `json:"payload_bytes"`
+	Seconds     float64 `json:"seconds"`
+	Published   int64   `json:"published"` // in the window
+	// Delivered counts messages received by fast subscribers in the
+	// window; DeliveryRatio is Delivered / (Published × fast subscribers)
+	// (about 1: nothing lost, nothing stuck).
+	Delivered     int64   `json:"delivered"`
+	DeliveryRatio float64 `json:"delivery_ratio"`
+	// Latency is publish-to-delivery for fast subscribers only.
+	Latency Latency `json:"latency"`
+	// Server figures: CPU over the window, RSS before the publisher
+	// started, at the end and the highest sample, with the samples.
+	ServerCPUSeconds float64 `json:"server_cpu_seconds"`
+	ServerRSSStart   int64   `json:"server_rss_start_bytes"`
+	ServerRSSEnd     int64   `json:"server_rss_end_bytes"`
+	ServerRSSMax     int64   `json:"server_rss_max_bytes"`
+	RSSSeries        []Point `json:"rss_series,omitempty"` // seconds since publishing began → MiB
+	// FastClosed counts fast subscribers the server closed (must be 0).
+	// Slow ones are not counted here: their read loop is blocked, so
+	// they notice a close only at the end (wsd reports evictions in
+	// /debug/stats).
+	FastClosed int64 `json:"fast_closed"`
+}
+
+type subscriber struct {
+	baseEvent
+	idx     int
+	rec     *latencyRecorder
+	seen    *atomic.Int64 // subscribers that received anything
+	got     atomic.Bool
+	count   *atomic.Int64
+	slow    bool
+	release <-chan struct{} // a slow subscriber's read loop waits on it
+}
+
+func (s *subscriber) OnMessage(_ *gws.Conn, m *gws.Message) {
+	now := time.Now()
+	t, ok := stampOf(m.Bytes())
+	_ = m.Close()
+	if s.got.CompareAndSwap(false, true) {
+		s.seen.Add(1)
+	}
+	if s.slow {
+		// Stop reading: the server's queue for this connection grows
+		// until it protects itself (or not).
+		<-s.release
+		return
+	}
+	if ok && t.UnixNano() != 0 && s.rec.on.Load() {
+		s.count.Add(1)
+		s.rec.record(s.idx, now.Sub(t))
+	}
+}
+
+// runFanout connects subscribers, waits until each has received a probe
+// (so every subscription is registered), then publishes at cfg.rate.
+func runFanout(ctx context.Context, cfg fanoutConfig) (FanoutResult, error) {
+	res := FanoutResult{Subscribers: cfg.subs, Slow: cfg.slow, Rate: cfg.rate, PayloadSize: cfg.size}
+	if cfg.size < stampBytes || cfg.subs <= cfg.slow || cfg.rate <= 0 || cfg.slow < 0 {
+		return res, fmt.Errorf("fan-out: need size >= %d, subscribers > slow >= 0, rate > 0", stampBytes)
+	}
+	var (
+		rec                = newLatencyRecorder()
+		seen, count        atomic.Int64
+		fastLost, slowLost atomic.Int64
+		pubLost            atomic.Int64
+		release            = make(chan struct{})
+		releaseOnce        sync.Once
+	)
+	unblock := func() { releaseOnce.Do(func() { close(release) }) }
+	defer unblock()
+	// Slow subscribers are spread evenly among the fast ones and get a
+	// small receive buffer so their backlog reaches the server sooner.
+	isSlow := func(i int) bool {
+		return cfg.slow > 0 && i%(cfg.subs/cfg.slow) == 0 && i/(cfg.subs/cfg.slow) < cfg.slow
+	}
+	mk := func(i int) gws.Event {
+		lost := &fastLost
+		if isSlow(i) {
+			lost = &slowLost
+		}
+		return &subscriber{baseEvent: baseEvent{closed: lost}, idx: i, rec: rec, seen: &seen, count: &count,
+			slow: isSlow(i), release: release}
+	}
+	var fast, slow []int
+	for i := range cfg.subs {
+		if isSlow(i) {
+			slow = append(slow, i)
+		} else {
+			fast = append(fast, i)
+		}
+	}
+	fastOpt, slowOpt := cfg.dial, cfg.dial
+	slowOpt.rcvBuf = 4096
+	fastConns, err := dialAll(ctx, fastOpt, len(fast), func(i int) gws.Event { return mk(fast[i]) })
+	if err != nil {
+		return res, fmt.Errorf("fan-out subscribers: %w", err)
+	}
+	defer closeAll(fastConns)
+	slowConns, err := dialAll(ctx, slowOpt, len(slow), func(i int) gws.Event { return mk(slow[i]) })
+	if err != nil {
+		return res, fmt.Errorf("fan-out slow subscribers: %w", err)
+	}
+	defer func() { unblock(); closeAll(slowConns) }()
+	pubs, err := dialAll(ctx, cfg.dial, 1, func(int) gws.Event { return baseEvent{closed: &pubLost} })
+	if err != nil {
+		return res, fmt.Errorf("fan-out publisher: %w", err)
+	}
+	defer closeAll(pubs)
+	pub := pubs[0]
+
+	// Probe (zero timestamp) until every subscriber has a message: a
+	// server may answer the upgrade before registering the subscription.
+	buf := make([]byte, cfg.size)
+	probeUntil := time.Now().Add(60 * time.Second)
+	for seen.Load() < int64(cfg.subs) {
+		if time.Now().After(probeUntil) {
+			return res, fmt.Errorf("fan-out: only %d of %d subscribers received a probe within 60s", seen.Load(), cfg.subs)
+		}
+		stamp(buf, time.Unix(0, 0))
+		if err := pub.WriteMessage(gws.OpcodeBinary, buf); err != nil {
+			return res, fmt.Errorf("fan-out probe: %w", err)
+		}
+		if err := sleepCtx(ctx, 50*time.Millisecond); err != nil {
+			return res, err
+		}
+	}
+
+	var (
+		samples []procSample
+		smu     sync.Mutex
+		stopS   = make(chan struct{})
+		sdone   = make(chan struct{})
+	)
+	if cfg.pid > 0 {
+		first, err := sampleProc(cfg.pid)
+		if err != nil {
+			return res, err
+		}
+		samples = append(samples, first)
+		go func() {
+			defer close(sdone)
+			t := time.NewTicker(cfg.every)
+			defer t.Stop()
+			for {
+				select {
+				case <-stopS:
+					return
+				case <-t.C:
+				}
+				if s, err := sampleProc(cfg.pid); err == nil {
+					smu.Lock()
+					samples = append(samples, s)
+					smu.Unlock()
+				}
+			}
+		}()
+	} else {
+		close(sdone)
+	}
+
+	var published atomic.Int64
+	stop := atomic.Bool{}
+	pubErr := make(chan error, 1)
+	go func() { pubErr <- pace(ctx, pubs, cfg.rate, cfg.size, &stop, &published) }()
+	if err := sleepCtx(ctx, cfg.warmup); err != nil {
+		return res, err
+	}
+	var before procSample
+	if cfg.pid > 0 {
+		if before, err = sampleProc(cfg.pid); err != nil {
+			return res, err
+		}
+	}
+	start, p0 := time.Now(), published.Load()
+	rec.on.Store(true)
+	if err := sleepCtx(ctx, cfg.window); err != nil {
+		return res, err
+	}
+	p1 := published.Load()
+	// Messages published near the end are still in flight: keep
+	// recording briefly so they are counted, without new publishes.
+	stop.Store(true)
+	end := time.Now()
+	_ = sleepCtx(ctx, 200*time.Millisecond)
+	rec.on.Store(false)
+	close(stopS)
+	<-sdone
+	if err := <-pubErr; err != nil {
+		return res, fmt.Errorf("fan-out publisher: %w", err)
+	}
+	if cfg.pid > 0 {
+		after, err := sampleProc(cfg.pid)
+		if err != nil {
+			return res, err
+		}
+		res.ServerCPUSeconds = (after.cpu - before.cpu).Seconds()
+		samples = append(samples, after)
+		res.ServerRSSStart, res.ServerRSSEnd = samples[0].rss, after.rss
+		for _, s := range samples {
+			res.ServerRSSMax = max(res.ServerRSSMax, s.rss)
+			res.RSSSeries = append(res.RSSSeries, Point{X: s.at.Sub(samples[0].at).Seconds(), Y: float64(s.rss) / (1 << 20)})
+		}
+	}
+	res.Seconds = end.Sub(start).Seconds()
+	res.Published = p1 - p0
+	res.Delivered = count.Load()
+	if res.Published > 0 {
+		res.DeliveryRatio = float64(res.Delivered) / float64(res.Published*int64(len(fast)))
+	}
+	res.Latency = summarize(rec.merged())
+	res.FastClosed = fastLost.Load()
+	switch {
+	case res.FastClosed > 0 || pubLost.Load() > 0:
+		return res, fmt.Errorf("fan-out: the server closed %d fast subscribers and %d publishers", res.FastClosed, pubLost.Load())
+	case res.Delivered == 0:
+		return res, errors.New("fan-out: nothing delivered in the measurement window")
+	}
+	return res, nil
+}

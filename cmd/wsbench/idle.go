@@ -1,0 +1,90 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/lxzan/gws"
+)
+
+// IdleStep is the server's resident memory with a number of idle
+// connections open.
+type IdleStep struct {
+	Conns int   `json:"conns"`
+	RSS   int64 `json:"rss_bytes"`
+	// PerConn is (RSS - RSS with no connection) / Conns.
+	PerConn float64 `json:"bytes_per_conn"`
+}
+
+// IdleResult is the memory-per-connection curve of one server.
+type IdleResult struct {
+	RSS0  int64      `json:"rss_idle_bytes"` // no connection open
+	Steps []IdleStep `json:"steps"`
+	// Closed counts connections lost while held (must be 0).
+	Closed int64 `json:"closed"`
+}
+
+// runIdle opens connections in steps (cumulative counts) on the echo
+// endpoint, waits for the server's RSS to settle after each step and
+// records it. The connections send nothing but answer pings.
+func runIdle(ctx context.Context, o dialOptions, pid int, steps []int) (IdleResult, error) {
+	var res IdleResult
+	s0, err := settledRSS(ctx, pid)
+	if err != nil {
+		return res, err
+	}
+	res.RSS0 = s0
+	var lost atomic.Int64
+	var held []*gws.Conn
+	defer func() { closeAll(held) }()
+	for _, n := range steps {
+		add := n - len(held)
+		if add < 0 {
+			return res, fmt.Errorf("idle steps must increase, got %v", steps)
+		}
+		conns, err := dialAll(ctx, o, add, func(int) gws.Event { return baseEvent{closed: &lost} })
+		if err != nil {
+			return res, fmt.Errorf("idle: %d connections: %w", n, err)
+		}
+		held = append(held, conns...)
+		rss, err := settledRSS(ctx, pid)
+		if err != nil {
+			return res, err
+		}
+		res.Steps = append(res.Steps, IdleStep{Conns: n, RSS: rss, PerConn: float64(rss-s0) / float64(n)})
+	}
+	res.Closed = lost.Load()
+	if res.Closed > 0 {
+		return res, fmt.Errorf("idle: the server closed %d idle connections", res.Closed)
+	}
+	return res, nil
+}
+
+// settledRSS samples RSS every 250ms until it moved by less than 0.5%
+// over the last second (the server finished the handshakes and their
+// garbage), or 15s passed; it returns the last sample.
+func settledRSS(ctx context.Context, pid int) (int64, error) {
+	var hist []int64
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		s, err := sampleProc(pid)
+		if err != nil {
+			return 0, err
+		}
+		hist = append(hist, s.rss)
+		if n := len(hist); n >= 5 {
+			lo, hi := hist[n-5], hist[n-5]
+			for _, v := range hist[n-5:] {
+				lo, hi = min(lo, v), max(hi, v)
+			}
+			if float64(hi-lo) <= 0.005*float64(hi) || time.Now().After(deadline) {
+				return s.rss, nil
+			}
+		}
+		if err := sleepCtx(ctx, 250*time.Millisecond); err != nil {
+			return 0, err
+		}
+	}
+}

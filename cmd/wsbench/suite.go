@@ -1,0 +1,417 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+)
+
+// suiteConfig selects what the suite runs and where it writes.
+type suiteConfig struct {
+	smoke       bool
+	out         string // results directory (docs/bench)
+	sources     string // client source addresses
+	wsdBin      string // prebuilt binaries; empty: go build
+	baselineBin string
+	clientCPUs  string // taskset lists; empty: no pinning
+	serverCPUs  string
+	profile     bool // capture a wsd CPU profile under closed-loop load
+	charts      bool
+}
+
+// params are the sizes of one suite run (full or smoke).
+type params struct {
+	Closed           echoConfig
+	OpenConns        int
+	OpenRateFraction float64 // open-loop rate: this fraction of the lower closed-loop throughput
+	OpenWarmup       time.Duration
+	OpenWindow       time.Duration
+	IdleSteps        []int
+	Fanout           fanoutConfig
+	Isolation        fanoutConfig
+	ScrapeEvery      time.Duration
+}
+
+// Params is the JSON record of the sizes used.
+type Params struct {
+	ClosedConns, ClosedInFlight, PayloadSize int
+	ClosedWarmupS, ClosedWindowS             float64
+	OpenConns                                int
+	OpenRateFraction                         float64
+	OpenWindowS                              float64
+	IdleSteps                                []int
+	FanoutSubs                               int
+	FanoutRate                               float64
+	FanoutPayload                            int
+	FanoutWindowS                            float64
+	IsolationSubs, IsolationSlow             int
+	IsolationRate                            float64
+	IsolationPayload                         int
+	IsolationWindowS                         float64
+	MetricsScrapeEveryS                      float64
+}
+
+func suiteParams(smoke bool, maxIdle int) params {
+	if smoke {
+		return params{
+			Closed:           echoConfig{conns: 20, inflight: 2, size: 1024, warmup: 300 * time.Millisecond, window: 700 * time.Millisecond},
+			OpenConns:        10,
+			OpenRateFraction: 0.2,
+			OpenWarmup:       300 * time.Millisecond,
+			OpenWindow:       700 * time.Millisecond,
+			IdleSteps:        []int{50, 100},
+			Fanout:           fanoutConfig{subs: 50, rate: 20, size: 256, warmup: 300 * time.Millisecond, window: 700 * time.Millisecond, every: 100 * time.Millisecond},
+			Isolation:        fanoutConfig{subs: 40, slow: 4, rate: 50, size: 1024, warmup: 300 * time.Millisecond, window: 700 * time.Millisecond, every: 100 * time.Millisecond},
+			ScrapeEvery:      500 * time.Millisecond,
+		}
+	}
+	steps := []int{1000, 5000, 10000}
+	for _, n := range []int{17000, 50000, 100000} {
+		if n <= maxIdle {
+			steps = append(steps, n)
+		}
+	}
+	return params{
+		Closed:           echoConfig{conns: 1000, inflight: 8, size: 1024, warmup: 3 * time.Second, window: 10 * time.Second},
+		OpenConns:        100,
+		OpenRateFraction: 0.5,
+		OpenWarmup:       2 * time.Second,
+		OpenWindow:       10 * time.Second,
+		IdleSteps:        steps,
+		Fanout:           fanoutConfig{subs: 10000, rate: 10, size: 1024, warmup: 2 * time.Second, window: 10 * time.Second, every: 500 * time.Millisecond},
+		Isolation:        fanoutConfig{subs: 500, slow: 50, rate: 100, size: 8192, warmup: 2 * time.Second, window: 15 * time.Second, every: 500 * time.Millisecond},
+		ScrapeEvery:      5 * time.Second,
+	}
+}
+
+// Results is the JSON document the suite writes (docs/bench/results.json).
+type Results struct {
+	Date     string  `json:"date"`
+	Commit   string  `json:"commit"`
+	Machine  Machine `json:"machine"`
+	Smoke    bool    `json:"smoke"`
+	Pinning  string  `json:"pinning"`
+	NoFile   uint64  `json:"rlimit_nofile"`
+	Duration float64 `json:"duration_seconds"`
+	Params   Params  `json:"params"`
+	// WSDArgs is how wsd was configured: every protection on, the
+	// admission caps sized for the load.
+	WSDArgs []string `json:"wsd_args"`
+	// NoTelemetryEnv is the environment of the "wsd-notel" server.
+	NoTelemetryEnv []string `json:"no_telemetry_env"`
+	MetricsScrapes int      `json:"metrics_scrapes"` // successful /metrics scrapes of telemetry-on wsd
+
+	ClosedLoop map[string]EchoResult   `json:"closed_loop"`
+	OpenLoop   map[string]EchoResult   `json:"open_loop"`
+	Idle       map[string]IdleResult   `json:"idle"`
+	Fanout     map[string]FanoutResult `json:"fanout"`
+	// Isolation is keyed "baseline", "baseline+slow", "wsd", "wsd+slow".
+	Isolation  map[string]FanoutResult `json:"isolation"`
+	WSDEvicted int64                   `json:"wsd_slow_consumers_evicted"`
+	Ratios     []Ratio                 `json:"ratios"`
+	Notes      []string                `json:"notes"`
+}
+
+// Ratio is one headline figure: wsd over the baseline (or telemetry on
+// over off), with its target when the issue sets one.
+type Ratio struct {
+	Name     string  `json:"name"`
+	Value    float64 `json:"value"`
+	Target   string  `json:"target,omitempty"` // e.g. ">= 0.90"
+	Met      *bool   `json:"met,omitempty"`
+	Baseline string  `json:"baseline"` // absolute values, human readable
+	Subject  string  `json:"subject"`
+}
+
+// Machine describes where the suite ran.
+type Machine struct {
+	CPU       string `json:"cpu"`
+	Cores     int    `json:"cores"`
+	MemoryGiB int    `json:"memory_gib"`
+	Kernel    string `json:"kernel"`
+	Go        string `json:"go"`
+	LoadAvg   string `json:"loadavg_at_start"`
+}
+
+const (
+	nameBaseline = "baseline"
+	nameWSD      = "wsd"
+	nameNoTel    = "wsd-notel"
+)
+
+// noTelemetryEnv turns wsd's OpenTelemetry exporters off (autoexport's
+// "none"), the no-op provider of measurement 6.
+var noTelemetryEnv = []string{"OTEL_METRICS_EXPORTER=none", "OTEL_TRACES_EXPORTER=none", "OTEL_LOGS_EXPORTER=none"}
+
+// wsdArgs keeps every protection on and sizes the admission caps for a
+// benchmark that opens tens of thousands of connections from a few
+// loopback addresses in seconds: without this, the per-IP cap (429) and
+// the upgrade rate (429) would refuse the load, as they should in
+// production.
+func wsdArgs() []string {
+	return []string{
+		"--listen={listen}", "--admin_listen={admin}",
+		"--limits.max_connections=200000",
+		"--limits.max_connections_per_ip=200000",
+		"--limits.upgrade_rate=100000", "--limits.upgrade_burst=100000",
+		"--limits.max_handshakes=4096",
+	}
+}
+
+func runSuite(ctx context.Context, sc suiteConfig, logf func(string, ...any)) (*Results, error) {
+	began := time.Now()
+	nofile, err := raiseNoFile(200000)
+	notes := []string{}
+	if err != nil {
+		notes = append(notes, fmt.Sprintf("could not raise RLIMIT_NOFILE: %v", err))
+	}
+	if nofile < 200000 {
+		notes = append(notes, fmt.Sprintf("RLIMIT_NOFILE is %d (hard limit; raising it needs CAP_SYS_RESOURCE), so one server process holds at most ~%d connections: idle steps above that are not run", nofile, maxIdleFor(nofile)))
+	}
+	srcs, err := parseSources(sc.sources)
+	if err != nil {
+		return nil, err
+	}
+	p := suiteParams(sc.smoke, maxIdleFor(nofile))
+	raw := filepath.Join(sc.out, "raw")
+	if err := os.MkdirAll(raw, 0o755); err != nil {
+		return nil, fmt.Errorf("results directory: %w", err)
+	}
+	if sc.wsdBin == "" || sc.baselineBin == "" {
+		root, err := moduleRoot()
+		if err != nil {
+			return nil, err
+		}
+		logf("building wsd and baseline")
+		if sc.wsdBin, sc.baselineBin, err = buildBinaries(ctx, root, raw); err != nil {
+			return nil, err
+		}
+	}
+	specs := map[string]serverSpec{
+		nameBaseline: {name: nameBaseline, bin: sc.baselineBin, args: []string{"--listen={listen}"}},
+		nameWSD:      {name: nameWSD, bin: sc.wsdBin, args: wsdArgs(), admin: true},
+		nameNoTel:    {name: nameNoTel, bin: sc.wsdBin, args: wsdArgs(), env: noTelemetryEnv, admin: true},
+	}
+	res := &Results{
+		Date: began.UTC().Format(time.RFC3339), Commit: gitCommit(), Machine: machine(), Smoke: sc.smoke,
+		NoFile: nofile, WSDArgs: wsdArgs(), NoTelemetryEnv: noTelemetryEnv,
+		ClosedLoop: map[string]EchoResult{}, OpenLoop: map[string]EchoResult{}, Idle: map[string]IdleResult{},
+		Fanout: map[string]FanoutResult{}, Isolation: map[string]FanoutResult{}, Notes: notes,
+		Pinning: "none (fewer than 2 CPUs or no taskset)",
+	}
+	if sc.serverCPUs != "" {
+		res.Pinning = fmt.Sprintf("client on CPU %s, servers on CPU %s (taskset; GOMAXPROCS follows the affinity)", sc.clientCPUs, sc.serverCPUs)
+	}
+	dial := dialOptions{sources: srcs, concurrency: 64}
+
+	// with runs fn against a fresh server process.
+	with := func(name, phase string, fn func(rs *runningServer) error) error {
+		logf("%s: %s", name, phase)
+		rs, err := startServer(ctx, specs[name], sc.serverCPUs, filepath.Join(raw, name+"-"+phase+".log"))
+		if err != nil {
+			return err
+		}
+		defer rs.stop()
+		scrapeCtx, stopScrape := context.WithCancel(ctx)
+		scrapes := make(chan int, 1)
+		if name == nameWSD {
+			go func() { scrapes <- rs.scrape(scrapeCtx, p.ScrapeEvery) }()
+		} else {
+			scrapes <- 0
+		}
+		err = fn(rs)
+		stopScrape()
+		res.MetricsScrapes += <-scrapes
+		if err == nil {
+			err = rs.alive()
+		}
+		if err != nil {
+			return fmt.Errorf("%s %s: %w", name, phase, err)
+		}
+		return nil
+	}
+
+	// Phase 1: idle memory and closed-loop echo.
+	for _, name := range []string{nameBaseline, nameWSD, nameNoTel} {
+		err := with(name, "closed", func(rs *runningServer) error {
+			if name != nameNoTel {
+				o := dial
+				o.url = rs.url("/ws/echo")
+				o.concurrency = 256
+				idle, err := runIdle(ctx, o, rs.pid, p.IdleSteps)
+				res.Idle[name] = idle
+				if err != nil {
+					return err
+				}
+			}
+			cfg := p.Closed
+			cfg.dial, cfg.pid = dial, rs.pid
+			cfg.dial.url = rs.url("/ws/echo")
+			r, err := runEcho(ctx, cfg)
+			res.ClosedLoop[name] = r
+			return err
+		})
+		if err != nil {
+			return res, err
+		}
+	}
+
+	// Phase 2: open loop at a rate both sustain, fan-out, isolation.
+	rate := math.Floor(p.OpenRateFraction * min(res.ClosedLoop[nameBaseline].Throughput, res.ClosedLoop[nameWSD].Throughput))
+	if rate < 1 {
+		return res, errors.New("closed-loop throughput too low to choose an open-loop rate")
+	}
+	for _, name := range []string{nameBaseline, nameWSD, nameNoTel} {
+		err := with(name, "open", func(rs *runningServer) error {
+			cfg := echoConfig{dial: dial, conns: p.OpenConns, size: p.Closed.size, rate: rate,
+				warmup: p.OpenWarmup, window: p.OpenWindow, pid: rs.pid}
+			cfg.dial.url = rs.url("/ws/echo")
+			r, err := runEcho(ctx, cfg)
+			res.OpenLoop[name] = r
+			if err != nil {
+				return err
+			}
+			if r.Throughput < 0.95*rate {
+				return fmt.Errorf("open loop: %s sustained %.0f of %.0f msgs/s offered", name, r.Throughput, rate)
+			}
+			if name == nameNoTel {
+				return nil
+			}
+			for _, run := range []struct {
+				key  string
+				cfg  fanoutConfig
+				into map[string]FanoutResult
+			}{
+				{name, p.Fanout, res.Fanout},
+				{name, withoutSlow(p.Isolation), res.Isolation},
+				{name + "+slow", p.Isolation, res.Isolation},
+			} {
+				cfg := run.cfg
+				cfg.dial, cfg.pid = dial, rs.pid
+				cfg.dial.url = rs.url("/ws/topics/" + strings.NewReplacer("+", "-").Replace("bench-"+run.key))
+				fr, err := runFanout(ctx, cfg)
+				run.into[run.key] = fr
+				if err != nil {
+					return err
+				}
+			}
+			if rs.spec.admin {
+				var st struct {
+					Evicted int64 `json:"evicted_total"`
+				}
+				b, err := rs.adminGet(ctx, "/debug/stats")
+				if err == nil {
+					err = json.Unmarshal(b, &st)
+				}
+				if err != nil {
+					return fmt.Errorf("wsd stats: %w", err)
+				}
+				res.WSDEvicted = st.Evicted
+			}
+			return nil
+		})
+		if err != nil {
+			return res, err
+		}
+	}
+
+	if sc.profile {
+		err := with(nameWSD, "profile", func(rs *runningServer) error {
+			return profileClosedLoop(ctx, rs, p.Closed, dial, filepath.Join(raw, "wsd-closed-loop.pprof"))
+		})
+		if err != nil {
+			return res, err
+		}
+	}
+	res.Params = p.record()
+	res.Ratios = ratios(res)
+	res.Duration = time.Since(began).Seconds()
+	return res, nil
+}
+
+func withoutSlow(c fanoutConfig) fanoutConfig { c.slow = 0; return c }
+
+// maxIdleFor is the most idle connections one server holds under the
+// descriptor limit: wsd refuses upgrades above 90% of it (fd_headroom).
+func maxIdleFor(nofile uint64) int { return int(float64(nofile)*0.9) - 500 }
+
+// profileClosedLoop captures a CPU profile of wsd during a closed-loop
+// run (it is a separate run: profiling costs CPU).
+func profileClosedLoop(ctx context.Context, rs *runningServer, base echoConfig, dial dialOptions, path string) error {
+	cfg := base
+	cfg.dial = dial
+	cfg.dial.url = rs.url("/ws/echo")
+	secs := int(cfg.window.Seconds())
+	prof := make(chan error, 1)
+	go func() {
+		if err := sleepCtx(ctx, cfg.warmup); err != nil {
+			prof <- err
+			return
+		}
+		b, err := rs.adminGet(ctx, fmt.Sprintf("/debug/pprof/profile?seconds=%d", max(secs, 1)))
+		if err == nil {
+			err = os.WriteFile(path, b, 0o644)
+		}
+		prof <- err
+	}()
+	_, err := runEcho(ctx, cfg)
+	return errors.Join(err, <-prof)
+}
+
+func (p params) record() Params {
+	return Params{
+		ClosedConns: p.Closed.conns, ClosedInFlight: p.Closed.inflight, PayloadSize: p.Closed.size,
+		ClosedWarmupS: p.Closed.warmup.Seconds(), ClosedWindowS: p.Closed.window.Seconds(),
+		OpenConns: p.OpenConns, OpenRateFraction: p.OpenRateFraction, OpenWindowS: p.OpenWindow.Seconds(),
+		IdleSteps:  p.IdleSteps,
+		FanoutSubs: p.Fanout.subs, FanoutRate: p.Fanout.rate, FanoutPayload: p.Fanout.size, FanoutWindowS: p.Fanout.window.Seconds(),
+		IsolationSubs: p.Isolation.subs, IsolationSlow: p.Isolation.slow, IsolationRate: p.Isolation.rate,
+		IsolationPayload: p.Isolation.size, IsolationWindowS: p.Isolation.window.Seconds(),
+		MetricsScrapeEveryS: p.ScrapeEvery.Seconds(),
+	}
+}
+
+func gitCommit() string {
+	out, err := exec.Command("git", "rev-parse", "--short=12", "HEAD").Output()
+	if err != nil {
+		return "unknown"
+	}
+	c := strings.TrimSpace(string(out))
+	if st, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(st) > 0 {
+		c += " (+ uncommitted changes)"
+	}
+	return c
+}
+
+func machine() Machine {
+	m := Machine{Cores: numCPU(), Go: runtime.Version()}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPU = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		var kb int64
+		if _, err := fmt.Sscanf(string(b), "MemTotal: %d kB", &kb); err == nil {
+			m.MemoryGiB = int(math.Round(float64(kb) / (1 << 20)))
+		}
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(b))
+	}
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		m.LoadAvg = strings.Join(strings.Fields(string(b))[:3], " ")
+	}
+	return m
+}
