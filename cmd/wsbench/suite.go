@@ -86,7 +86,7 @@ func suiteParams(smoke bool, maxIdle int) params {
 		OpenWarmup:       2 * time.Second,
 		OpenWindow:       10 * time.Second,
 		IdleSteps:        steps,
-		Fanout:           fanoutConfig{subs: 10000, rate: 10, size: 1024, warmup: 2 * time.Second, window: 10 * time.Second, every: 500 * time.Millisecond},
+		Fanout:           fanoutConfig{subs: 10000, rate: 4, size: 1024, warmup: 2 * time.Second, window: 10 * time.Second, every: 500 * time.Millisecond},
 		Isolation:        fanoutConfig{subs: 500, slow: 50, rate: 100, size: 8192, warmup: 2 * time.Second, window: 15 * time.Second, every: 500 * time.Millisecond},
 		ScrapeEvery:      5 * time.Second,
 	}
@@ -285,37 +285,49 @@ func runSuite(ctx context.Context, sc suiteConfig, logf func(string, ...any)) (*
 			if name == nameNoTel {
 				return nil
 			}
+			cfg2 := p.Fanout
+			cfg2.dial, cfg2.pid = dial, rs.pid
+			cfg2.dial.url = rs.url("/ws/topics/bench-fanout")
+			fr, err := runFanout(ctx, cfg2)
+			res.Fanout[name] = fr
+			return err
+		})
+		if err != nil {
+			return res, err
+		}
+	}
+
+	// Phase 3: isolation, on fresh servers so that RSS growth is not
+	// blurred by the garbage of earlier runs.
+	for _, name := range []string{nameBaseline, nameWSD} {
+		err := with(name, "isolation", func(rs *runningServer) error {
 			for _, run := range []struct {
-				key  string
-				cfg  fanoutConfig
-				into map[string]FanoutResult
-			}{
-				{name, p.Fanout, res.Fanout},
-				{name, withoutSlow(p.Isolation), res.Isolation},
-				{name + "+slow", p.Isolation, res.Isolation},
-			} {
+				key string
+				cfg fanoutConfig
+			}{{name, withoutSlow(p.Isolation)}, {name + "+slow", p.Isolation}} {
 				cfg := run.cfg
 				cfg.dial, cfg.pid = dial, rs.pid
-				cfg.dial.url = rs.url("/ws/topics/" + strings.NewReplacer("+", "-").Replace("bench-"+run.key))
+				cfg.dial.url = rs.url("/ws/topics/bench-" + strings.ReplaceAll(run.key, "+", "-"))
 				fr, err := runFanout(ctx, cfg)
-				run.into[run.key] = fr
+				res.Isolation[run.key] = fr
 				if err != nil {
 					return err
 				}
 			}
-			if rs.spec.admin {
-				var st struct {
-					Evicted int64 `json:"evicted_total"`
-				}
-				b, err := rs.adminGet(ctx, "/debug/stats")
-				if err == nil {
-					err = json.Unmarshal(b, &st)
-				}
-				if err != nil {
-					return fmt.Errorf("wsd stats: %w", err)
-				}
-				res.WSDEvicted = st.Evicted
+			if !rs.spec.admin {
+				return nil
 			}
+			var st struct {
+				Evicted int64 `json:"evicted_total"`
+			}
+			b, err := rs.adminGet(ctx, "/debug/stats")
+			if err == nil {
+				err = json.Unmarshal(b, &st)
+			}
+			if err != nil {
+				return fmt.Errorf("wsd stats: %w", err)
+			}
+			res.WSDEvicted = st.Evicted
 			return nil
 		})
 		if err != nil {
