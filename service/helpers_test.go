@@ -46,7 +46,6 @@ func testConfig() Config {
 	c.Heartbeat.PingInterval = 5 * time.Second
 	c.Heartbeat.PongTimeout = 5 * time.Second
 	c.Shutdown.DrainTimeout = 5 * time.Second
-	c.Log.Level = "debug"
 	return c
 }
 
@@ -54,6 +53,7 @@ func testConfig() Config {
 type testServer struct {
 	*Server
 	obs  *recorder
+	logs *logCapture
 	stop func() error // cancels Serve and returns its result
 }
 
@@ -66,15 +66,26 @@ func (ts *testServer) adminURL(path string) string {
 // It is stopped (gracefully) at the end of the test.
 func runServer(t testing.TB, mutate func(*Config), opts ...Option) *testServer {
 	t.Helper()
+	return runServerWith(t, mutate, nil, opts...)
+}
+
+// runServerWith is runServer with prep called between New and Serve: the
+// seam for tests that change unexported state (testHook, fd guard
+// levels) before any goroutine reads it.
+func runServerWith(t testing.TB, mutate func(*Config), prep func(*Server), opts ...Option) *testServer {
+	t.Helper()
 	cfg := testConfig()
 	if mutate != nil {
 		mutate(&cfg)
 	}
 	rec := newRecorder()
-	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	srv, err := New(cfg, append([]Option{WithObserver(rec), WithLogger(logger)}, opts...)...)
+	logs := &logCapture{t: t}
+	srv, err := New(cfg, append([]Option{WithObserver(rec), WithLogger(slog.New(logs))}, opts...)...)
 	if err != nil {
 		t.Fatalf("New: %v", err)
+	}
+	if prep != nil {
+		prep(srv)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -95,18 +106,99 @@ func runServer(t testing.TB, mutate func(*Config), opts ...Option) *testServer {
 		if err := stop(); err != nil {
 			t.Errorf("Serve returned %v", err)
 		}
+		logs.finish()
 	})
-	return &testServer{Server: srv, obs: rec, stop: stop}
+	return &testServer{Server: srv, obs: rec, logs: logs, stop: stop}
 }
 
-// testWriter sends server logs to the test log, and drops them once the
-// test has finished (late lines from closing sessions would panic).
-type testWriter struct{ t testing.TB }
+// logCapture is the server's slog handler in tests: it keeps every
+// record at Info and above for assertions, and writes records to the
+// test log (Debug only with -v, so a failure is not buried in noise).
+// Lines logged after the test ended are dropped: t.Log would panic.
+type logCapture struct {
+	t     testing.TB
+	attrs []slog.Attr
+	root  *logCapture // holds the shared state below; nil on the root
 
-func (w testWriter) Write(p []byte) (int, error) {
-	defer func() { _ = recover() }()
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
+	mu   sync.Mutex
+	done bool
+	recs []capturedLog
+}
+
+type capturedLog struct {
+	level slog.Level
+	msg   string
+	attrs map[string]string
+}
+
+func (h *logCapture) shared() *logCapture {
+	if h.root != nil {
+		return h.root
+	}
+	return h
+}
+
+func (h *logCapture) Enabled(_ context.Context, l slog.Level) bool {
+	return l >= slog.LevelInfo || testing.Verbose()
+}
+
+func (h *logCapture) Handle(_ context.Context, r slog.Record) error {
+	c := capturedLog{level: r.Level, msg: r.Message, attrs: map[string]string{}}
+	var line strings.Builder
+	line.WriteString(r.Level.String() + " " + r.Message)
+	add := func(a slog.Attr) bool {
+		c.attrs[a.Key] = a.Value.String()
+		line.WriteString(" " + a.Key + "=" + a.Value.String())
+		return true
+	}
+	for _, a := range h.attrs {
+		add(a)
+	}
+	r.Attrs(add)
+	root := h.shared()
+	root.mu.Lock()
+	defer root.mu.Unlock()
+	if root.done {
+		return nil
+	}
+	root.recs = append(root.recs, c)
+	root.t.Log(line.String())
+	return nil
+}
+
+func (h *logCapture) WithAttrs(as []slog.Attr) slog.Handler {
+	return &logCapture{t: h.t, root: h.shared(), attrs: append(append([]slog.Attr(nil), h.attrs...), as...)}
+}
+
+// WithGroup flattens: the service logs no groups.
+func (h *logCapture) WithGroup(string) slog.Handler { return h }
+
+func (h *logCapture) finish() {
+	h.mu.Lock()
+	h.done = true
+	h.mu.Unlock()
+}
+
+// find returns the captured records at level with msg whose attributes
+// include every key=value of want.
+func (h *logCapture) find(level slog.Level, msg string, want map[string]string) []capturedLog {
+	root := h.shared()
+	root.mu.Lock()
+	defer root.mu.Unlock()
+	var out []capturedLog
+next:
+	for _, r := range root.recs {
+		if r.level != level || r.msg != msg {
+			continue
+		}
+		for k, v := range want {
+			if r.attrs[k] != v {
+				continue next
+			}
+		}
+		out = append(out, r)
+	}
+	return out
 }
 
 // checkFor polls f every `every` until it returns nil or total elapses.
@@ -140,10 +232,14 @@ func waitIdle(t testing.TB, ts *testServer) Stats {
 	return st
 }
 
+// adminClient keeps no idle connections: goroutine and descriptor
+// baselines must not include the test's own keep-alive pool.
+var adminClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+
 // fetchStats reads /debug/stats over HTTP, as the chaos suite does.
 func fetchStats(t testing.TB, ts *testServer) Stats {
 	t.Helper()
-	resp, err := http.Get(ts.adminURL("/debug/stats"))
+	resp, err := adminClient.Get(ts.adminURL("/debug/stats"))
 	if err != nil {
 		t.Fatalf("GET /debug/stats: %v", err)
 	}

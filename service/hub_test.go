@@ -71,12 +71,26 @@ func TestTopicFanout(t *testing.T) {
 // TestSlowConsumerIsolation: one subscriber that never reads must not
 // delay the publisher or a fast subscriber; it is closed with 1013
 // (close policy) or loses only counted messages (drop policy).
+//
+// "Fast" means keeping up with the publish rate, so the publisher stays
+// at most window messages ahead of the fast subscriber (under -race a
+// gws client reads far slower than an unpaced loopback publisher writes,
+// and would rightly be treated as slow too). The slow subscriber has a
+// 64 KiB receive buffer and does not read until the end, so its share
+// piles up in the kernel buffers (a few MiB on loopback) and then past
+// max_bytes. (A much smaller receive buffer makes reading the backlog at
+// the end take minutes: silly-window avoidance and delayed ACKs.) write_timeout is long so that, under the drop
+// policy, the slow subscriber is never closed by a stuck write: only
+// drops are allowed to happen to it.
 func TestSlowConsumerIsolation(t *testing.T) {
 	for _, policy := range []string{SlowConsumerClose, SlowConsumerDrop} {
 		t.Run(policy, func(t *testing.T) {
-			ts := runServer(t, func(c *Config) { c.Backpressure.SlowConsumer = policy })
+			ts := runServer(t, func(c *Config) {
+				c.Backpressure.SlowConsumer = policy
+				c.Backpressure.WriteTimeout = 2 * time.Minute
+			})
 			url := ts.wsURL("/ws/topics/feed")
-			slow, _ := dialRaw(t, url, 4096, nil) // never reads until the end
+			slow, _ := dialRaw(t, url, 64<<10, nil) // never reads until the end
 			_, fast := dialGWS(t, url, true)
 			pub, _ := dialGWS(t, url, true)
 			checkFor(t, 5*time.Second, 5*time.Millisecond, func() error {
@@ -85,36 +99,70 @@ func TestSlowConsumerIsolation(t *testing.T) {
 				}
 				return nil
 			})
-			// 8 MiB through a 512 KiB max_bytes: the slow one overflows.
-			const n, size = 512, 16 << 10
-			for i := range n {
-				if err := pub.WriteMessage(gws.OpcodeBinary, seqPayload(i, size)); err != nil {
-					t.Fatal(err)
+			// 12 MiB through a 512 KiB max_bytes: far more than the
+			// kernel buffers of the slow connection absorb.
+			const n, size, window = 768, 16 << 10, 8
+			publish := func(from, to int) {
+				for i := from; i < to; i++ {
+					checkFor(t, 30*time.Second, time.Millisecond, func() error {
+						if got := fast.count(); i-got > window {
+							return fmt.Errorf("fast subscriber stuck at %d of %d sent", got, i)
+						}
+						return nil
+					})
+					if err := pub.WriteMessage(gws.OpcodeBinary, seqPayload(i, size)); err != nil {
+						t.Fatal(err)
+					}
 				}
+				checkFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+					if fast.count() != to {
+						return fmt.Errorf("fast subscriber got %d of %d", fast.count(), to)
+					}
+					return nil
+				})
+				fast.mu.Lock()
+				defer fast.mu.Unlock()
+				checkOrdered(t, fast.msgs, to)
 			}
-			checkFor(t, 30*time.Second, 10*time.Millisecond, func() error {
-				if fast.count() != n {
-					return fmt.Errorf("fast subscriber got %d of %d", fast.count(), n)
-				}
-				return nil
-			})
-			checkOrdered(t, fast.msgs, n)
+			publish(0, n)
 
 			switch policy {
 			case SlowConsumerClose:
 				checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 					return expectClose(ts, CloseTryAgainLater, reasonSlowConsumer, InitiatorServer)
 				})
-				if s := ts.obs.snapshot().slow; s != 1 {
-					t.Fatalf("slow consumer events %d, want 1", s)
+				snap := ts.obs.snapshot()
+				if snap.slow != 1 || snap.dropped != 0 {
+					t.Fatalf("slow consumer events %d drops %d, want 1 and 0", snap.slow, snap.dropped)
 				}
-				// Reading now: data already in flight, then 1013 or EOF.
-				code, err := slow.readUntilClose(20 * time.Second)
-				if err == nil && code != CloseTryAgainLater {
-					t.Fatalf("slow consumer got close %d, want 1013", code)
+				// Only the slow one was closed: the fast one and the
+				// publisher are still subscribed.
+				if st := ts.Stats(); st.Subscribers != 2 || st.EvictedTotal != 1 {
+					t.Fatalf("after eviction: %+v, want 2 subscribers and 1 eviction", st)
 				}
-				if err != nil && !isEOF(err) {
-					t.Fatalf("slow consumer stream: %v", err)
+				// Reading now: data already in flight, in order, then
+				// 1013 or EOF (the close frame is best effort: the
+				// socket was full when it was evicted).
+				var got [][]byte
+				for {
+					f, err := slow.readFrame(20 * time.Second)
+					if err != nil {
+						if !isEOF(err) {
+							t.Fatalf("slow consumer stream after %d messages: %v", len(got), err)
+						}
+						break
+					}
+					if f.opcode == 0x8 {
+						if f.closeCode() != CloseTryAgainLater {
+							t.Fatalf("slow consumer got close %d, want 1013", f.closeCode())
+						}
+						break
+					}
+					got = append(got, f.payload)
+				}
+				checkOrdered(t, got, 0)
+				if len(got) >= n {
+					t.Fatalf("slow consumer received all %d messages: it was never slow", len(got))
 				}
 			case SlowConsumerDrop:
 				st := ts.Stats()
@@ -125,20 +173,31 @@ func TestSlowConsumerIsolation(t *testing.T) {
 					t.Fatalf("observer dropped %d, stats %d", d, st.DroppedTotal)
 				}
 				// What the slow one receives is in order, and received +
-				// dropped accounts for every message.
+				// dropped accounts for every message: nothing else lost.
 				var got [][]byte
-				for len(got)+int(st.DroppedTotal) < n {
-					f, err := slow.readFrame(20 * time.Second)
-					if err != nil {
-						t.Fatalf("slow reader after %d messages: %v", len(got), err)
+				readSlow := func(sent int, dropped int64) {
+					for len(got)+int(dropped) < sent {
+						f, err := slow.readFrame(20 * time.Second)
+						if err != nil {
+							t.Fatalf("slow reader after %d messages (%d dropped): %v", len(got), dropped, err)
+						}
+						if f.opcode == 0x2 {
+							got = append(got, f.payload)
+						}
 					}
-					if f.opcode == 0x2 {
-						got = append(got, f.payload)
-					}
+					checkOrdered(t, got, 0)
 				}
-				checkOrdered(t, got, 0)
-				if len(got)+int(st.DroppedTotal) != n {
-					t.Fatalf("received %d + dropped %d != %d", len(got), st.DroppedTotal, n)
+				readSlow(n, st.DroppedTotal)
+				// Having drained, the slow subscriber gets every later
+				// message again: dropping ends with the episode.
+				const more = 32
+				publish(n, n+more)
+				readSlow(n+more, st.DroppedTotal)
+				if last := int(binary.BigEndian.Uint64(got[len(got)-1])); last != n+more-1 {
+					t.Fatalf("slow subscriber's last message is %d, want %d", last, n+more-1)
+				}
+				if d := ts.Stats().DroppedTotal; d != st.DroppedTotal {
+					t.Fatalf("dropped %d after draining, want still %d", d, st.DroppedTotal)
 				}
 			}
 		})

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -27,6 +28,9 @@ const emfileChildEnv = "WSD_TEST_EMFILE_CHILD"
 func TestAcceptSurvivesEMFILE(t *testing.T) {
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), emfileChildEnv+"=1")
+	if testing.Verbose() {
+		cmd.Env = append(cmd.Env, emfileChildEnv+"_LOG=1")
+	}
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
@@ -100,9 +104,12 @@ func emfileChild() int {
 		fmt.Fprintln(os.Stderr, "setrlimit:", err)
 		return 1
 	}
-	cfg := testConfig()
-	cfg.Log.Level = "error"
-	srv, err := New(cfg)
+	// The child's log is noise unless the parent runs with -v.
+	out := io.Discard
+	if os.Getenv(emfileChildEnv+"_LOG") != "" {
+		out = os.Stderr
+	}
+	srv, err := New(testConfig(), WithLogger(slog.New(slog.NewTextHandler(out, nil))))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
