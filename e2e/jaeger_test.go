@@ -144,6 +144,29 @@ func TestTracesLandInJaeger(t *testing.T) {
 		t.Fatalf("jaeger at %s: %v", j.QueryURL(), err)
 	}
 
+	// The image is the one users run: non-root, and Docker's HEALTHCHECK
+	// (`wsd healthcheck`, no shell in the image) reports it healthy.
+	t.Run("image health and user", func(t *testing.T) {
+		err := chaos.Poll(ctx, time.Minute, time.Second, func() error {
+			insp, err := w.Inspect(ctx)
+			if err != nil {
+				return err
+			}
+			if u := insp.Config.User; u == "" || u == "0" || strings.HasPrefix(u, "root") || strings.HasPrefix(u, "0:") {
+				return fmt.Errorf("image runs as user %q, want non-root", u)
+			}
+			if insp.State.Health == nil {
+				return fmt.Errorf("image has no HEALTHCHECK")
+			}
+			if st := insp.State.Health.Status; st != "healthy" {
+				return fmt.Errorf("health %s, want healthy", st)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Error(err)
+		}
+	})
 	t.Run("paused and resumed", func(t *testing.T) {
 		sp := spans[pausedTrace]
 		jtTag(t, sp, "ws.endpoint", "echo")
