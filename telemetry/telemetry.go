@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync"
 
 	"go.opentelemetry.io/contrib/instrumentation/runtime"
 	otellog "go.opentelemetry.io/otel/log"
@@ -161,13 +162,17 @@ func (t *Telemetry) String() string { return t.exporters }
 // done or when ctx ends, whichever is first; the error joins every
 // provider's error (an unreachable collector is reported here, once).
 func (t *Telemetry) Shutdown(ctx context.Context) error {
-	var errs []error
+	errs := make([]error, len(t.shutdown)+1)
 	if t.inst != nil {
-		errs = append(errs, t.inst.unregister())
+		errs[0] = t.inst.unregister()
 	}
-	for _, f := range t.shutdown {
-		errs = append(errs, f(ctx))
+	// Concurrently, so that a hung traces export does not eat the
+	// metrics' and logs' share of ctx.
+	var wg sync.WaitGroup
+	for i, f := range t.shutdown {
+		wg.Go(func() { errs[i+1] = f(ctx) })
 	}
+	wg.Wait()
 	t.shutdown = nil
 	return errors.Join(errs...)
 }
