@@ -166,6 +166,20 @@ func markdown(r *Results) string {
 		}
 	}
 
+	if len(r.ClosedLoopRounds) > 0 {
+		b.WriteString("\nEvery round (servers alternate within a round; the tables above show the median round):\n\n| server | closed-loop msgs/s per round | open-loop CPU µs/msg per round |\n|---|---|---|\n")
+		for _, name := range sortedKeys(r.ClosedLoopRounds) {
+			var tp, cpu []string
+			for _, e := range r.ClosedLoopRounds[name] {
+				tp = append(tp, fmt.Sprintf("%.0f", e.Throughput))
+			}
+			for _, e := range r.OpenLoopRounds[name] {
+				cpu = append(cpu, fmt.Sprintf("%.2f", e.ServerCPUPerMsg))
+			}
+			fmt.Fprintf(&b, "| %s | %s | %s |\n", name, strings.Join(tp, ", "), strings.Join(cpu, ", "))
+		}
+	}
+
 	b.WriteString("\n## Memory per idle connection\n\n| server | connections | RSS MiB | extra KiB per connection |\n|---|---|---|---|\n")
 	for _, name := range sortedKeys(r.Idle) {
 		i := r.Idle[name]

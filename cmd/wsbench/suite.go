@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 )
@@ -29,6 +31,7 @@ type suiteConfig struct {
 
 // params are the sizes of one suite run (full or smoke).
 type params struct {
+	Rounds           int // echo rounds per server, alternating servers
 	Closed           echoConfig
 	OpenConns        int
 	OpenRateFraction float64 // open-loop rate: this fraction of the lower closed-loop throughput
@@ -42,6 +45,7 @@ type params struct {
 
 // Params is the JSON record of the sizes used.
 type Params struct {
+	Rounds                                   int
 	ClosedConns, ClosedInFlight, PayloadSize int
 	ClosedWarmupS, ClosedWindowS             float64
 	OpenConns                                int
@@ -62,6 +66,7 @@ type Params struct {
 func suiteParams(smoke bool, maxIdle int) params {
 	if smoke {
 		return params{
+			Rounds:           1,
 			Closed:           echoConfig{conns: 20, inflight: 2, size: 1024, warmup: 300 * time.Millisecond, window: 700 * time.Millisecond},
 			OpenConns:        10,
 			OpenRateFraction: 0.2,
@@ -80,11 +85,12 @@ func suiteParams(smoke bool, maxIdle int) params {
 		}
 	}
 	return params{
-		Closed:           echoConfig{conns: 1000, inflight: 8, size: 1024, warmup: 3 * time.Second, window: 10 * time.Second},
+		Rounds:           3,
+		Closed:           echoConfig{conns: 1000, inflight: 8, size: 1024, warmup: 2 * time.Second, window: 8 * time.Second},
 		OpenConns:        100,
 		OpenRateFraction: 0.5,
 		OpenWarmup:       2 * time.Second,
-		OpenWindow:       10 * time.Second,
+		OpenWindow:       8 * time.Second,
 		IdleSteps:        steps,
 		Fanout:           fanoutConfig{subs: 10000, rate: 4, size: 1024, warmup: 2 * time.Second, window: 10 * time.Second, every: 500 * time.Millisecond},
 		Isolation:        fanoutConfig{subs: 500, slow: 50, rate: 100, size: 8192, warmup: 2 * time.Second, window: 15 * time.Second, every: 500 * time.Millisecond},
@@ -109,10 +115,14 @@ type Results struct {
 	NoTelemetryEnv []string `json:"no_telemetry_env"`
 	MetricsScrapes int      `json:"metrics_scrapes"` // successful /metrics scrapes of telemetry-on wsd
 
-	ClosedLoop map[string]EchoResult   `json:"closed_loop"`
-	OpenLoop   map[string]EchoResult   `json:"open_loop"`
-	Idle       map[string]IdleResult   `json:"idle"`
-	Fanout     map[string]FanoutResult `json:"fanout"`
+	// ClosedLoop and OpenLoop hold the median round (by throughput,
+	// by CPU per message); the Rounds maps hold every round.
+	ClosedLoop       map[string]EchoResult   `json:"closed_loop"`
+	OpenLoop         map[string]EchoResult   `json:"open_loop"`
+	ClosedLoopRounds map[string][]EchoResult `json:"closed_loop_rounds"`
+	OpenLoopRounds   map[string][]EchoResult `json:"open_loop_rounds"`
+	Idle             map[string]IdleResult   `json:"idle"`
+	Fanout           map[string]FanoutResult `json:"fanout"`
 	// Isolation is keyed "baseline", "baseline+slow", "wsd", "wsd+slow".
 	Isolation  map[string]FanoutResult `json:"isolation"`
 	WSDEvicted int64                   `json:"wsd_slow_consumers_evicted"`
@@ -204,6 +214,7 @@ func runSuite(ctx context.Context, sc suiteConfig, logf func(string, ...any)) (*
 		Date: began.UTC().Format(time.RFC3339), Commit: gitCommit(), Machine: machine(), Smoke: sc.smoke,
 		NoFile: nofile, WSDArgs: wsdArgs(), NoTelemetryEnv: noTelemetryEnv,
 		ClosedLoop: map[string]EchoResult{}, OpenLoop: map[string]EchoResult{}, Idle: map[string]IdleResult{},
+		ClosedLoopRounds: map[string][]EchoResult{}, OpenLoopRounds: map[string][]EchoResult{},
 		Fanout: map[string]FanoutResult{}, Isolation: map[string]FanoutResult{}, Notes: notes,
 		Pinning: "none (fewer than 2 CPUs or no taskset)",
 	}
@@ -212,51 +223,53 @@ func runSuite(ctx context.Context, sc suiteConfig, logf func(string, ...any)) (*
 	}
 	dial := dialOptions{sources: srcs, concurrency: 64}
 
-	// with runs fn against a fresh server process.
-	with := func(name, phase string, fn func(rs *runningServer) error) error {
-		logf("%s: %s", name, phase)
-		rs, err := startServer(ctx, specs[name], sc.serverCPUs, filepath.Join(raw, name+"-"+phase+".log"))
-		if err != nil {
-			return err
-		}
-		defer rs.stop()
+	// with starts fresh server processes, runs fn against them and stops
+	// them. A telemetry-on wsd is scraped as Prometheus would.
+	with := func(names []string, phase string, fn func(map[string]*runningServer) error) error {
+		logf("%s: starting %s", phase, strings.Join(names, ", "))
+		rs := map[string]*runningServer{}
+		defer func() {
+			for _, r := range rs {
+				r.stop()
+			}
+		}()
 		scrapeCtx, stopScrape := context.WithCancel(ctx)
-		scrapes := make(chan int, 1)
-		if name == nameWSD {
-			go func() { scrapes <- rs.scrape(scrapeCtx, p.ScrapeEvery) }()
-		} else {
-			scrapes <- 0
+		defer stopScrape()
+		scrapes := make(chan int, len(names))
+		for _, name := range names {
+			r, err := startServer(ctx, specs[name], sc.serverCPUs, filepath.Join(raw, name+"-"+phase+".log"))
+			if err != nil {
+				return err
+			}
+			rs[name] = r
+			if name == nameWSD {
+				go func() { scrapes <- r.scrape(scrapeCtx, p.ScrapeEvery) }()
+			} else {
+				scrapes <- 0
+			}
 		}
-		err = fn(rs)
+		err := fn(rs)
 		stopScrape()
-		res.MetricsScrapes += <-scrapes
-		if err == nil {
-			err = rs.alive()
+		for range names {
+			res.MetricsScrapes += <-scrapes
+		}
+		for _, r := range rs {
+			err = errors.Join(err, r.alive())
 		}
 		if err != nil {
-			return fmt.Errorf("%s %s: %w", name, phase, err)
+			return fmt.Errorf("%s: %w", phase, err)
 		}
 		return nil
 	}
 
-	// Phase 1: idle memory and closed-loop echo.
-	for _, name := range []string{nameBaseline, nameWSD, nameNoTel} {
-		err := with(name, "closed", func(rs *runningServer) error {
-			if name != nameNoTel {
-				o := dial
-				o.url = rs.url("/ws/echo")
-				o.concurrency = 256
-				idle, err := runIdle(ctx, o, rs.pid, p.IdleSteps)
-				res.Idle[name] = idle
-				if err != nil {
-					return err
-				}
-			}
-			cfg := p.Closed
-			cfg.dial, cfg.pid = dial, rs.pid
-			cfg.dial.url = rs.url("/ws/echo")
-			r, err := runEcho(ctx, cfg)
-			res.ClosedLoop[name] = r
+	// Phase 1: idle memory, one fresh server at a time.
+	for _, name := range []string{nameBaseline, nameWSD} {
+		err := with([]string{name}, "idle", func(rs map[string]*runningServer) error {
+			o := dial
+			o.url = rs[name].url("/ws/echo")
+			o.concurrency = 256
+			idle, err := runIdle(ctx, o, rs[name].pid, p.IdleSteps)
+			res.Idle[name] = idle
 			return err
 		})
 		if err != nil {
@@ -264,43 +277,80 @@ func runSuite(ctx context.Context, sc suiteConfig, logf func(string, ...any)) (*
 		}
 	}
 
-	// Phase 2: open loop at a rate both sustain, fan-out, isolation.
-	rate := math.Floor(p.OpenRateFraction * min(res.ClosedLoop[nameBaseline].Throughput, res.ClosedLoop[nameWSD].Throughput))
-	if rate < 1 {
-		return res, errors.New("closed-loop throughput too low to choose an open-loop rate")
-	}
-	for _, name := range []string{nameBaseline, nameWSD, nameNoTel} {
-		err := with(name, "open", func(rs *runningServer) error {
-			cfg := echoConfig{dial: dial, conns: p.OpenConns, size: p.Closed.size, rate: rate,
-				warmup: p.OpenWarmup, window: p.OpenWindow, pid: rs.pid}
-			cfg.dial.url = rs.url("/ws/echo")
-			r, err := runEcho(ctx, cfg)
-			res.OpenLoop[name] = r
-			if err != nil {
-				return err
+	// Phase 2: echo and fan-out. The three servers run side by side (an
+	// undriven server costs nothing) and the rounds alternate between
+	// them, so drift in the machine's load hits all of them alike; each
+	// figure is the median round.
+	echoNames := []string{nameBaseline, nameWSD, nameNoTel}
+	err = with(echoNames, "echo", func(rs map[string]*runningServer) error {
+		runs := map[string][]EchoResult{}
+		for round := range p.Rounds {
+			for i := range echoNames {
+				name := echoNames[(i+round)%len(echoNames)]
+				logf("closed-loop echo, round %d: %s", round+1, name)
+				cfg := p.Closed
+				cfg.dial, cfg.pid = dial, rs[name].pid
+				cfg.dial.url = rs[name].url("/ws/echo")
+				r, err := runEcho(ctx, cfg)
+				if err != nil {
+					return fmt.Errorf("%s closed loop: %w", name, err)
+				}
+				runs[name] = append(runs[name], r)
 			}
-			if r.Throughput < 0.95*rate {
-				return fmt.Errorf("open loop: %s sustained %.0f of %.0f msgs/s offered", name, r.Throughput, rate)
-			}
-			if name == nameNoTel {
-				return nil
-			}
-			cfg2 := p.Fanout
-			cfg2.dial, cfg2.pid = dial, rs.pid
-			cfg2.dial.url = rs.url("/ws/topics/bench-fanout")
-			fr, err := runFanout(ctx, cfg2)
-			res.Fanout[name] = fr
-			return err
-		})
-		if err != nil {
-			return res, err
 		}
+		for name, rr := range runs {
+			res.ClosedLoop[name] = median(rr, func(e EchoResult) float64 { return e.Throughput })
+			res.ClosedLoopRounds[name] = rr
+		}
+		// A rate both sustain: a fraction of the lower closed-loop throughput.
+		rate := math.Floor(p.OpenRateFraction * min(res.ClosedLoop[nameBaseline].Throughput, res.ClosedLoop[nameWSD].Throughput))
+		if rate < 1 {
+			return errors.New("closed-loop throughput too low to choose an open-loop rate")
+		}
+		runs = map[string][]EchoResult{}
+		for round := range p.Rounds {
+			for i := range echoNames {
+				name := echoNames[(i+round)%len(echoNames)]
+				logf("open-loop echo at %.0f msgs/s, round %d: %s", rate, round+1, name)
+				cfg := echoConfig{dial: dial, conns: p.OpenConns, size: p.Closed.size, rate: rate,
+					warmup: p.OpenWarmup, window: p.OpenWindow, pid: rs[name].pid}
+				cfg.dial.url = rs[name].url("/ws/echo")
+				r, err := runEcho(ctx, cfg)
+				if err != nil {
+					return fmt.Errorf("%s open loop: %w", name, err)
+				}
+				if r.Throughput < 0.95*rate {
+					return fmt.Errorf("open loop: %s sustained %.0f of %.0f msgs/s offered", name, r.Throughput, rate)
+				}
+				runs[name] = append(runs[name], r)
+			}
+		}
+		for name, rr := range runs {
+			res.OpenLoop[name] = median(rr, func(e EchoResult) float64 { return e.ServerCPUPerMsg })
+			res.OpenLoopRounds[name] = rr
+		}
+		for _, name := range []string{nameBaseline, nameWSD} {
+			logf("fan-out: %s", name)
+			cfg := p.Fanout
+			cfg.dial, cfg.pid = dial, rs[name].pid
+			cfg.dial.url = rs[name].url("/ws/topics/bench-fanout")
+			fr, err := runFanout(ctx, cfg)
+			res.Fanout[name] = fr
+			if err != nil {
+				return fmt.Errorf("%s fan-out: %w", name, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return res, err
 	}
 
 	// Phase 3: isolation, on fresh servers so that RSS growth is not
 	// blurred by the garbage of earlier runs.
 	for _, name := range []string{nameBaseline, nameWSD} {
-		err := with(name, "isolation", func(rs *runningServer) error {
+		err := with([]string{name}, "isolation", func(all map[string]*runningServer) error {
+			rs := all[name]
 			for _, run := range []struct {
 				key string
 				cfg fanoutConfig
@@ -336,8 +386,8 @@ func runSuite(ctx context.Context, sc suiteConfig, logf func(string, ...any)) (*
 	}
 
 	if sc.profile {
-		err := with(nameWSD, "profile", func(rs *runningServer) error {
-			return profileClosedLoop(ctx, rs, p.Closed, dial, filepath.Join(raw, "wsd-closed-loop.pprof"))
+		err := with([]string{nameWSD}, "profile", func(rs map[string]*runningServer) error {
+			return profileClosedLoop(ctx, rs[nameWSD], p.Closed, dial, filepath.Join(raw, "wsd-closed-loop.pprof"))
 		})
 		if err != nil {
 			return res, err
@@ -347,6 +397,14 @@ func runSuite(ctx context.Context, sc suiteConfig, logf func(string, ...any)) (*
 	res.Ratios = ratios(res)
 	res.Duration = time.Since(began).Seconds()
 	return res, nil
+}
+
+// median returns the element with the median key (the lower middle for
+// an even count).
+func median[T any](xs []T, key func(T) float64) T {
+	s := slices.Clone(xs)
+	slices.SortFunc(s, func(a, b T) int { return cmp.Compare(key(a), key(b)) })
+	return s[(len(s)-1)/2]
 }
 
 func withoutSlow(c fanoutConfig) fanoutConfig { c.slow = 0; return c }
@@ -380,7 +438,7 @@ func profileClosedLoop(ctx context.Context, rs *runningServer, base echoConfig, 
 
 func (p params) record() Params {
 	return Params{
-		ClosedConns: p.Closed.conns, ClosedInFlight: p.Closed.inflight, PayloadSize: p.Closed.size,
+		Rounds: p.Rounds, ClosedConns: p.Closed.conns, ClosedInFlight: p.Closed.inflight, PayloadSize: p.Closed.size,
 		ClosedWarmupS: p.Closed.warmup.Seconds(), ClosedWindowS: p.Closed.window.Seconds(),
 		OpenConns: p.OpenConns, OpenRateFraction: p.OpenRateFraction, OpenWindowS: p.OpenWindow.Seconds(),
 		IdleSteps:  p.IdleSteps,
