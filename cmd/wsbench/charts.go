@@ -53,6 +53,7 @@ func writeCharts(dir string, r *Results) ([]string, error) {
 			return files, err
 		}
 		p.X.Tick.Marker = plot.ConstantTicks(ninesTicks())
+		p.X.Min, p.X.Max = 0, 5.3 // room for the last tick label
 		if err := save(l.file, p); err != nil {
 			return files, err
 		}

@@ -65,6 +65,17 @@ func TestParseProc(t *testing.T) {
 	}
 }
 
+func TestParseMemStats(t *testing.T) {
+	doc := "heap profile: 1: 2 [3: 4] @ heap/1048576\n# runtime.MemStats\n# HeapInuse = 104931328\n# Stack = 41385984 / 41385984\n"
+	stack, heap, err := parseMemStats(doc)
+	if err != nil || stack != 41385984 || heap != 104931328 {
+		t.Fatalf("parseMemStats = %d, %d, %v", stack, heap, err)
+	}
+	if _, _, err := parseMemStats("# HeapInuse = 1\n"); err == nil {
+		t.Fatal("profile without Stack accepted")
+	}
+}
+
 func TestSummarize(t *testing.T) {
 	h := hdrhistogram.New(histMinUS, histMaxUS, histSig)
 	for v := int64(1); v <= 1000; v++ {

@@ -16,6 +16,10 @@ type IdleStep struct {
 	RSS   int64 `json:"rss_bytes"`
 	// PerConn is (RSS - RSS with no connection) / Conns.
 	PerConn float64 `json:"bytes_per_conn"`
+	// Go runtime figures when the server exposes /debug/pprof (wsd):
+	// goroutine stacks and heap in use, which make up the floor.
+	StackInuse int64 `json:"stack_inuse_bytes,omitempty"`
+	HeapInuse  int64 `json:"heap_inuse_bytes,omitempty"`
 }
 
 // IdleResult is the memory-per-connection curve of one server.
@@ -29,7 +33,7 @@ type IdleResult struct {
 // runIdle opens connections in steps (cumulative counts) on the echo
 // endpoint, waits for the server's RSS to settle after each step and
 // records it. The connections send nothing but answer pings.
-func runIdle(ctx context.Context, o dialOptions, pid int, steps []int) (IdleResult, error) {
+func runIdle(ctx context.Context, o dialOptions, pid int, steps []int, memstats func() (stack, heap int64, err error)) (IdleResult, error) {
 	var res IdleResult
 	s0, err := settledRSS(ctx, pid)
 	if err != nil {
@@ -53,7 +57,13 @@ func runIdle(ctx context.Context, o dialOptions, pid int, steps []int) (IdleResu
 		if err != nil {
 			return res, err
 		}
-		res.Steps = append(res.Steps, IdleStep{Conns: n, RSS: rss, PerConn: float64(rss-s0) / float64(n)})
+		step := IdleStep{Conns: n, RSS: rss, PerConn: float64(rss-s0) / float64(n)}
+		if memstats != nil {
+			if step.StackInuse, step.HeapInuse, err = memstats(); err != nil {
+				return res, err
+			}
+		}
+		res.Steps = append(res.Steps, step)
 	}
 	res.Closed = lost.Load()
 	if res.Closed > 0 {

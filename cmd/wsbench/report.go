@@ -180,12 +180,17 @@ func markdown(r *Results) string {
 		}
 	}
 
-	b.WriteString("\n## Memory per idle connection\n\n| server | connections | RSS MiB | extra KiB per connection |\n|---|---|---|---|\n")
+	b.WriteString("\n## Memory per idle connection\n\n| server | connections | RSS MiB | extra KiB per connection | goroutine stacks KiB per connection | Go heap in use KiB per connection |\n|---|---|---|---|---|---|\n")
 	for _, name := range sortedKeys(r.Idle) {
 		i := r.Idle[name]
-		fmt.Fprintf(&b, "| %s | 0 | %.1f | |\n", name, float64(i.RSS0)/mib)
+		fmt.Fprintf(&b, "| %s | 0 | %.1f | | | |\n", name, float64(i.RSS0)/mib)
 		for _, s := range i.Steps {
-			fmt.Fprintf(&b, "| %s | %d | %.1f | %.2f |\n", name, s.Conns, float64(s.RSS)/mib, s.PerConn/1024)
+			stack, heap := "n/a", "n/a"
+			if s.StackInuse > 0 {
+				stack = fmt.Sprintf("%.2f", float64(s.StackInuse)/float64(s.Conns)/1024)
+				heap = fmt.Sprintf("%.2f", float64(s.HeapInuse)/float64(s.Conns)/1024)
+			}
+			fmt.Fprintf(&b, "| %s | %d | %.1f | %.2f | %s | %s |\n", name, s.Conns, float64(s.RSS)/mib, s.PerConn/1024, stack, heap)
 		}
 	}
 

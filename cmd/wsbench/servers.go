@@ -192,3 +192,31 @@ func (rs *runningServer) scrape(ctx context.Context, period time.Duration) int {
 		}
 	}
 }
+
+// memStats reads the goroutine stack and heap-in-use bytes from the
+// runtime.MemStats footer of /debug/pprof/heap?debug=1.
+func (rs *runningServer) memStats(ctx context.Context) (stack, heap int64, err error) {
+	b, err := rs.adminGet(ctx, "/debug/pprof/heap?debug=1")
+	if err != nil {
+		return 0, 0, err
+	}
+	return parseMemStats(string(b))
+}
+
+func parseMemStats(doc string) (stack, heap int64, err error) {
+	var gotStack, gotHeap bool
+	for _, line := range strings.Split(doc, "\n") {
+		switch {
+		case strings.HasPrefix(line, "# Stack = "):
+			_, err = fmt.Sscanf(line, "# Stack = %d", &stack)
+			gotStack = err == nil
+		case strings.HasPrefix(line, "# HeapInuse = "):
+			_, err = fmt.Sscanf(line, "# HeapInuse = %d", &heap)
+			gotHeap = err == nil
+		}
+	}
+	if !gotStack || !gotHeap {
+		return 0, 0, errors.New("heap profile has no runtime.MemStats Stack/HeapInuse lines")
+	}
+	return stack, heap, nil
+}

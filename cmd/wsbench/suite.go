@@ -268,7 +268,11 @@ func runSuite(ctx context.Context, sc suiteConfig, logf func(string, ...any)) (*
 			o := dial
 			o.url = rs[name].url("/ws/echo")
 			o.concurrency = 256
-			idle, err := runIdle(ctx, o, rs[name].pid, p.IdleSteps)
+			var memstats func() (int64, int64, error)
+			if rs[name].spec.admin {
+				memstats = func() (int64, int64, error) { return rs[name].memStats(ctx) }
+			}
+			idle, err := runIdle(ctx, o, rs[name].pid, p.IdleSteps, memstats)
 			res.Idle[name] = idle
 			return err
 		})
