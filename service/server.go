@@ -188,7 +188,7 @@ func (s *Server) shutdown() {
 	ctx, cancel := context.WithTimeout(context.Background(), drain)
 	defer cancel()
 	httpDone := make(chan struct{})
-	go func() { defer close(httpDone); _ = s.publicSrv.Shutdown(ctx) }()
+	go func() { defer close(httpDone); s.stopPublic(ctx) }()
 
 	var buf []*session
 	buf = s.sessions.each(buf, (*session).goAway)
@@ -208,6 +208,28 @@ func (s *Server) shutdown() {
 	defer acancel()
 	_ = s.adminSrv.Shutdown(actx)
 	s.log.Info("shutdown complete")
+}
+
+// stopPublic stops accepting and closes idle keep-alive connections,
+// then gives requests already on the wire up to handshake_timeout to be
+// answered (503 draining) before shutting the HTTP server down: once
+// http.Server.Shutdown has begun, net/http drops without any response
+// every request it finishes reading, so calling it first would leave
+// such clients with a bare EOF.
+func (s *Server) stopPublic(ctx context.Context) {
+	_ = s.publicLn.Close()
+	s.publicSrv.SetKeepAlivesEnabled(false)
+	grace, cancel := context.WithTimeout(ctx, s.cfg.Limits.HandshakeTimeout)
+	defer cancel()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for s.publicLn.handshakes.Load() > 0 && grace.Err() == nil {
+		select {
+		case <-grace.Done():
+		case <-tick.C:
+		}
+	}
+	_ = s.publicSrv.Shutdown(ctx)
 }
 
 // publicHandler routes the WebSocket endpoints.
