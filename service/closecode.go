@@ -1,6 +1,9 @@
 package service
 
-import "unicode/utf8"
+import (
+	"net"
+	"unicode/utf8"
+)
 
 // Close codes wsd sends (RFC 6455 §7.4.1 and the IANA registry). The
 // README's close-code table lists when each is sent and what a client
@@ -65,12 +68,14 @@ func ValidCloseCode(code uint16) bool {
 }
 
 // validCloseFrame reports whether a received close frame passes RFC 6455
-// §7.4: no payload at all (code 0 here), or a valid code and a UTF-8
-// reason. gws reports a 1-byte payload as that byte's value, which is
-// below 1000 and so invalid.
+// §7.4: no payload at all, or a valid code and a UTF-8 reason. gws
+// reports a 1-byte payload as that byte's value, which is below 1000 and
+// so invalid. It reports both an empty payload and an explicit code 0 as
+// code 0; they differ in the reason slice: nil for an empty payload,
+// empty but non-nil after an explicit code.
 func validCloseFrame(code uint16, reason []byte) bool {
 	if code == 0 {
-		return len(reason) == 0
+		return reason == nil
 	}
 	return ValidCloseCode(code) && utf8.Valid(reason)
 }
@@ -129,4 +134,25 @@ func truncateReason(s string) string {
 		s = s[:len(s)-1]
 	}
 	return s
+}
+
+// closeReplyConn is the net.Conn gws writes to. It fills one gap in gws
+// (v1.8): gws answers a close frame whose reason is not UTF-8 with 1007,
+// where RFC 6455 §7.4 and wsd's contract say 1002 (the close frame itself
+// is malformed). gws writes that answer as a single 4-byte frame (final
+// close frame, 2-byte payload, no reason); no other close frame of gws or
+// wsd is a bare 1007 (gws's 1007 for a non-UTF-8 text message carries a
+// reason), so that exact write is recognised and its code rewritten.
+type closeReplyConn struct{ net.Conn }
+
+var (
+	bareClose1007 = [4]byte{0x88, 2, byte(CloseInvalidPayload >> 8), byte(CloseInvalidPayload & 0xff)}
+	bareClose1002 = [4]byte{0x88, 2, byte(CloseProtocolError >> 8), byte(CloseProtocolError & 0xff)}
+)
+
+func (c closeReplyConn) Write(p []byte) (int, error) {
+	if len(p) == len(bareClose1007) && [4]byte(p) == bareClose1007 {
+		return c.Conn.Write(bareClose1002[:])
+	}
+	return c.Conn.Write(p)
 }

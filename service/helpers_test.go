@@ -359,9 +359,18 @@ func upgradeRequest(path string, extra ...string) string {
 	return req + "\r\n"
 }
 
-// writeFrame writes one masked frame.
+// writeFrame writes one masked, final frame.
 func (c *rawConn) writeFrame(opcode byte, payload []byte) error {
-	hdr := []byte{0x80 | opcode}
+	return c.writeFragment(true, opcode, payload)
+}
+
+// writeFragment writes one masked frame; fin false starts or continues
+// a fragmented message.
+func (c *rawConn) writeFragment(fin bool, opcode byte, payload []byte) error {
+	hdr := []byte{opcode}
+	if fin {
+		hdr[0] |= 0x80
+	}
 	switch n := len(payload); {
 	case n < 126:
 		hdr = append(hdr, 0x80|byte(n))

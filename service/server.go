@@ -295,7 +295,7 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, ep Endpoint, to
 	}
 	_ = nc.SetDeadline(time.Time{}) // net/http's header deadline no longer applies
 	// brw.Reader may already hold the client's first frames.
-	conn, err := s.upgrader.UpgradeFromConn(nc, brw.Reader, r)
+	conn, err := s.upgrader.UpgradeFromConn(closeReplyConn{nc}, brw.Reader, r)
 	if err != nil {
 		s.adm.release(ip) // gws answered 400 and closed the socket
 		s.obs.UpgradeRejected(r.Context(), r, RejectBadRequest)

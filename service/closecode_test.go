@@ -1,0 +1,349 @@
+package service
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lxzan/gws"
+)
+
+// closePayload is a close frame payload: code and reason.
+func closePayload(code uint16, reason string) []byte {
+	return append(binary.BigEndian.AppendUint16(nil, code), reason...)
+}
+
+// expectServerClose reads until the server's close frame and then EOF:
+// the server closes the TCP connection after its close frame. It fails
+// on a code a server must never send (1005, 1006, 1015 or another
+// reserved value). want 0 means an empty close frame.
+func expectServerClose(t *testing.T, c *rawConn, want uint16) {
+	t.Helper()
+	var f frame
+	for {
+		var err error
+		f, err = c.readFrame(10 * time.Second)
+		if err != nil {
+			t.Fatalf("no close frame from the server: %v", err)
+		}
+		if f.opcode == 0x8 {
+			break
+		}
+	}
+	switch {
+	case len(f.payload) == 1:
+		t.Fatalf("server sent a 1-byte close payload")
+	case len(f.payload) >= 2 && !ValidCloseCode(f.closeCode()):
+		t.Fatalf("server sent reserved or invalid close code %d", f.closeCode())
+	case f.closeCode() != want:
+		t.Fatalf("server close code %d (payload %q), want %d", f.closeCode(), f.payload, want)
+	}
+	if _, err := c.readFrame(10 * time.Second); !isEOF(err) {
+		t.Fatalf("after the close frame: %v, want the connection closed", err)
+	}
+}
+
+// lastClose waits for the observer's Closed call and returns it.
+func lastClose(t *testing.T, ts *testServer) CloseInfo {
+	t.Helper()
+	var info CloseInfo
+	checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		snap := ts.obs.snapshot()
+		if len(snap.closes) != 1 {
+			return fmt.Errorf("%d sessions closed, want 1", len(snap.closes))
+		}
+		info = snap.closes[0]
+		return nil
+	})
+	return info
+}
+
+// waitLog waits for exactly one captured line at level with msg and the
+// given attributes (the observer is told before the line is written).
+func waitLog(t *testing.T, ts *testServer, level slog.Level, msg string, attrs map[string]string) capturedLog {
+	t.Helper()
+	var line capturedLog
+	checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		got := ts.logs.find(level, msg, attrs)
+		if len(got) != 1 {
+			return fmt.Errorf("%d %s %q lines with %v, want 1", len(got), level, msg, attrs)
+		}
+		line = got[0]
+		return nil
+	})
+	return line
+}
+
+// TestInvalidCloseFrames: a close frame that breaks RFC 6455 §7.4 is
+// answered with 1002 and the connection closed; the observer sees it as
+// invalid and the close is logged at warn.
+func TestInvalidCloseFrames(t *testing.T) {
+	tests := []struct {
+		name    string
+		payload []byte
+		code    uint16 // as reported to the observer
+	}{
+		{"999", closePayload(999, ""), 999},
+		{"0", closePayload(0, ""), 0},
+		{"1004", closePayload(1004, ""), 1004},
+		{"1005", closePayload(1005, ""), 1005},
+		{"1006", closePayload(1006, ""), 1006},
+		{"1015", closePayload(1015, ""), 1015},
+		{"1016", closePayload(1016, ""), 1016},
+		{"2999", closePayload(2999, ""), 2999},
+		{"5000", closePayload(5000, ""), 5000},
+		{"65535", closePayload(65535, "bye"), 65535},
+		{"1-byte payload", []byte{0x03}, 3},
+		{"non-UTF-8 reason", closePayload(1000, "bad \xff\xfe reason"), 1000},
+		{"non-UTF-8 reason, private code", closePayload(4000, "\xc3\x28"), 4000},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ts := runServer(t, nil)
+			c, _ := dialRaw(t, ts.wsURL("/ws/echo"), 0, nil)
+			if err := c.writeFrame(0x8, tt.payload); err != nil {
+				t.Fatal(err)
+			}
+			expectServerClose(t, c, CloseProtocolError)
+			info := lastClose(t, ts)
+			if info.Initiator != InitiatorClient || info.Code != tt.code || !errors.Is(info.Err, errInvalidCloseFrame) {
+				t.Fatalf("close info %+v, want client-initiated %d with errInvalidCloseFrame", info, tt.code)
+			}
+			if info.CodeLabel != CloseCodeLabel(tt.code) {
+				t.Fatalf("code label %q, want %q", info.CodeLabel, CloseCodeLabel(tt.code))
+			}
+			if got := ts.obs.snapshot().received; len(got) != 1 || got[0] != (receivedClose{tt.code, false}) {
+				t.Fatalf("CloseReceived %+v, want {%d false}", got, tt.code)
+			}
+			waitLog(t, ts, slog.LevelWarn, "connection closed", map[string]string{
+				"code": strconv.Itoa(int(tt.code)), "initiator": "client"})
+			waitIdle(t, ts)
+		})
+	}
+}
+
+// TestValidCloseFrames: a valid close frame is answered and reported as
+// a client close. gws answers 3000–4999 with the same code (RFC 6455
+// §5.5.1: "typically echos the status code it received") and 1000–1013
+// with 1000; an empty close frame with an empty one. gws treats 1014
+// (registered with IANA after RFC 6455) as invalid and answers 1002,
+// although wsd's own check (and the log line) count it as valid: this
+// case pins that upstream behaviour so a gws upgrade that changes it is
+// noticed.
+func TestValidCloseFrames(t *testing.T) {
+	tests := []struct {
+		name    string
+		payload []byte
+		code    uint16 // reported to the observer
+		reply   uint16 // 0: empty close frame
+	}{
+		{"1000", closePayload(1000, "done"), 1000, 1000},
+		{"1001", closePayload(1001, "going away"), 1001, 1000},
+		{"1003", closePayload(1003, ""), 1003, 1000},
+		{"1011", closePayload(1011, ""), 1011, 1000},
+		{"1013", closePayload(1013, ""), 1013, 1000},
+		{"3000", closePayload(3000, "app"), 3000, 3000},
+		{"4999", closePayload(4999, "app"), 4999, 4999},
+		{"UTF-8 reason", closePayload(1000, "très bien ✓"), 1000, 1000},
+		{"empty", nil, 0, 0},
+		{"1014 (gws answers 1002)", closePayload(1014, ""), 1014, CloseProtocolError},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ts := runServer(t, nil)
+			c, _ := dialRaw(t, ts.wsURL("/ws/echo"), 0, nil)
+			if err := c.writeFrame(0x8, tt.payload); err != nil {
+				t.Fatal(err)
+			}
+			expectServerClose(t, c, tt.reply)
+			info := lastClose(t, ts)
+			if info.Initiator != InitiatorClient || info.Code != tt.code || info.Err != nil {
+				t.Fatalf("close info %+v, want client-initiated %d without error", info, tt.code)
+			}
+			if got := ts.obs.snapshot().received; len(got) != 1 || got[0] != (receivedClose{tt.code, true}) {
+				t.Fatalf("CloseReceived %+v, want {%d true}", got, tt.code)
+			}
+			waitLog(t, ts, slog.LevelInfo, "connection closed", map[string]string{
+				"code": strconv.Itoa(int(tt.code)), "initiator": "client"})
+			waitIdle(t, ts)
+		})
+	}
+}
+
+// TestServerCloseCodes: what the server sends when a client breaks the
+// protocol or a handler fails, and what it reports.
+func TestServerCloseCodes(t *testing.T) {
+	panicky := func(s *Server) {
+		s.testHook = func(_ *session, m *gws.Message) {
+			if string(m.Bytes()) == "panic" {
+				panic("test panic")
+			}
+		}
+	}
+	maskedFrame := func(first byte, payload []byte) []byte {
+		b := []byte{first, 0x80 | byte(len(payload)), 0, 0, 0, 0}
+		return append(b, payload...) // zero mask: payload as is
+	}
+	tests := []struct {
+		name   string
+		send   func(c *rawConn) error
+		code   uint16
+		reason string // prefix of the recorded reason
+	}{
+		{"invalid UTF-8 text", func(c *rawConn) error { return c.writeFrame(0x1, []byte("ok \xff\xfe")) },
+			CloseInvalidPayload, ""},
+		{"invalid UTF-8 across fragments", func(c *rawConn) error {
+			if err := c.writeFragment(false, 0x1, []byte("ok \xe2\x82")); err != nil {
+				return err
+			}
+			return c.writeFragment(true, 0x0, []byte("\x28"))
+		}, CloseInvalidPayload, ""},
+		{"message over max_message_bytes", func(c *rawConn) error { return c.writeFrame(0x2, make([]byte, 1025)) },
+			CloseMessageTooBig, ""},
+		{"fragmented message over max_message_bytes", func(c *rawConn) error {
+			if err := c.writeFragment(false, 0x2, make([]byte, 600)); err != nil {
+				return err
+			}
+			return c.writeFragment(true, 0x0, make([]byte, 600))
+		}, CloseMessageTooBig, ""},
+		{"handler panic", func(c *rawConn) error { return c.writeFrame(0x1, []byte("panic")) },
+			CloseInternalError, reasonInternalError},
+		{"unmasked frame", func(c *rawConn) error {
+			_, err := c.Write([]byte{0x81, 2, 'h', 'i'})
+			return err
+		}, CloseProtocolError, ""},
+		{"reserved opcode", func(c *rawConn) error { _, err := c.Write(maskedFrame(0x83, nil)); return err },
+			CloseProtocolError, ""},
+		{"RSV1 without extension", func(c *rawConn) error { _, err := c.Write(maskedFrame(0xC1, []byte("x"))); return err },
+			CloseProtocolError, ""},
+		{"fragmented ping", func(c *rawConn) error { _, err := c.Write(maskedFrame(0x09, nil)); return err },
+			CloseProtocolError, ""},
+		{"continuation without start", func(c *rawConn) error { return c.writeFrame(0x0, []byte("x")) },
+			CloseProtocolError, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ts := runServerWith(t, func(c *Config) { c.Limits.MaxMessageBytes = 1024 }, panicky)
+			c, _ := dialRaw(t, ts.wsURL("/ws/echo"), 0, nil)
+			if err := tt.send(c); err != nil {
+				t.Fatal(err)
+			}
+			expectServerClose(t, c, tt.code)
+			info := lastClose(t, ts)
+			if info.Initiator != InitiatorServer || info.Code != tt.code || !strings.HasPrefix(info.Reason, tt.reason) {
+				t.Fatalf("close info %+v, want server-initiated %d %q", info, tt.code, tt.reason)
+			}
+			if got := ts.obs.snapshot().received; len(got) != 0 {
+				t.Fatalf("CloseReceived %+v for a server close, want none", got)
+			}
+			// The process lives on and serves the next client.
+			c2, _ := dialRaw(t, ts.wsURL("/ws/echo"), 0, nil)
+			if err := c2.writeFrame(0x1, []byte("after")); err != nil {
+				t.Fatal(err)
+			}
+			if f, err := c2.readFrame(10 * time.Second); err != nil || string(f.payload) != "after" {
+				t.Fatalf("echo after the close: %q %v", f.payload, err)
+			}
+			c2.Close()
+			waitIdle(t, ts)
+		})
+	}
+}
+
+// TestPanicIsLogged: a handler panic is logged at error with the panic
+// value, and the close line says 1011 server.
+func TestPanicIsLogged(t *testing.T) {
+	ts := runServerWith(t, nil, func(s *Server) {
+		s.testHook = func(*session, *gws.Message) { panic("boom") }
+	})
+	c, _ := dialRaw(t, ts.wsURL("/ws/topics/t"), 0, nil)
+	if err := c.writeFrame(0x2, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	expectServerClose(t, c, CloseInternalError)
+	waitLog(t, ts, slog.LevelError, "panic while handling a message; closing with 1011", map[string]string{"panic": "boom"})
+	waitLog(t, ts, slog.LevelInfo, "connection closed", map[string]string{
+		"code": "1011", "initiator": "server", "topic": "t", "endpoint": "topic"})
+	waitIdle(t, ts)
+}
+
+// TestCloseLogLine: every close is one structured line with the fields
+// an operator needs.
+func TestCloseLogLine(t *testing.T) {
+	ts := runServer(t, nil)
+	c, _ := dialRaw(t, ts.wsURL("/ws/echo"), 0, nil)
+	for range 3 {
+		if err := c.writeFrame(0x2, []byte("12345")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.readFrame(10 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.writeClose(3001, []byte(strings.Repeat("r", 100))); err != nil {
+		t.Fatal(err)
+	}
+	expectServerClose(t, c, 3001)
+	line := waitLog(t, ts, slog.LevelInfo, "connection closed", nil)
+	want := map[string]string{
+		"code": "3001", "reason": strings.Repeat("r", 100), "initiator": "client", "endpoint": "echo",
+		"msgs_in": "3", "bytes_in": "15", "msgs_out": "3", "bytes_out": "15", "conn_id": "1",
+	}
+	for k, v := range want {
+		if line.attrs[k] != v {
+			t.Errorf("%s=%q, want %q", k, line.attrs[k], v)
+		}
+	}
+	for _, k := range []string{"remote", "duration"} {
+		if line.attrs[k] == "" {
+			t.Errorf("no %s in %v", k, line.attrs)
+		}
+	}
+}
+
+// TestCloseCodeTables checks the pure functions behind the close table.
+func TestCloseCodeTables(t *testing.T) {
+	for code := range 65536 {
+		c := uint16(code)
+		want := (c >= 1000 && c <= 1003) || (c >= 1007 && c <= 1014) || (c >= 3000 && c <= 4999)
+		if ValidCloseCode(c) != want {
+			t.Fatalf("ValidCloseCode(%d) = %v, want %v", c, !want, want)
+		}
+		label := CloseCodeLabel(c)
+		switch {
+		case !want && c != 0 && c != 1005 && c != 1006 && label != "invalid":
+			t.Fatalf("label(%d) = %q, want invalid", c, label)
+		case c >= 3000 && c <= 4999 && c != CloseHeartbeatTimeout && label != "private":
+			t.Fatalf("label(%d) = %q, want private", c, label)
+		case c >= 1000 && c <= 1014 && want && label != strconv.Itoa(code):
+			t.Fatalf("label(%d) = %q", c, label)
+		}
+	}
+	for code, label := range map[uint16]string{0: "1005", 1005: "1005", 1006: "1006", 4000: "4000"} {
+		if got := CloseCodeLabel(code); got != label {
+			t.Fatalf("label(%d) = %q, want %q", code, got, label)
+		}
+	}
+	for _, tt := range []struct{ in, want string }{
+		{"", ""},
+		{strings.Repeat("a", 123), strings.Repeat("a", 123)},
+		{strings.Repeat("a", 124), strings.Repeat("a", 123)},
+		{strings.Repeat("a", 122) + "é", strings.Repeat("a", 122)}, // no split rune
+	} {
+		if got := truncateReason(tt.in); got != tt.want {
+			t.Fatalf("truncateReason(%d bytes) = %d bytes, want %d", len(tt.in), len(got), len(tt.want))
+		}
+	}
+	// Every code wsd sends itself is valid on the wire.
+	for _, c := range []uint16{CloseNormal, CloseGoingAway, CloseProtocolError, CloseInvalidPayload,
+		CloseMessageTooBig, CloseInternalError, CloseTryAgainLater, CloseHeartbeatTimeout} {
+		if !ValidCloseCode(c) {
+			t.Fatalf("wsd sends %d, which is not a valid close code", c)
+		}
+	}
+}
