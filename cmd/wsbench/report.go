@@ -135,8 +135,8 @@ func markdown(r *Results) string {
 		}
 		fmt.Fprintf(&b, "| %s | %.3f | %s | %s | %s | %s |\n", x.Name, x.Value, x.Target, met, x.Baseline, x.Subject)
 	}
-	b.WriteString("\nRows 5 compare a server with itself (slow subscribers present / none; RSS: wsd / baseline); rows 6 compare wsd with telemetry on (Prometheus exporter, scraped) and off (`" +
-		strings.Join(r.NoTelemetryEnv, " ") + "`).\n\n")
+	fmt.Fprintf(&b, "\nRows 5 compare a server with itself (slow subscribers present / none; RSS: wsd / baseline). Rows 6 compare wsd with telemetry on (Prometheus /metrics scraped every %gs: %d scrapes; session spans exported over OTLP/HTTP to a loopback sink: %d exports, %d bytes) and off (`%s`).\n\n",
+		r.Params.MetricsScrapeEveryS, r.MetricsScrapes, r.OTLPRequests, r.OTLPBytes, strings.Join(r.NoTelemetryEnv, " "))
 
 	b.WriteString("## Latency (µs)\n\n| run | server | count | p50 | p90 | p99 | p99.9 | max |\n|---|---|---|---|---|---|---|---|\n")
 	lat := func(run, name string, l Latency) {
@@ -208,7 +208,7 @@ func markdown(r *Results) string {
 	fmt.Fprintf(&b, "\nwsd evicted %d slow consumers (close 1013) during the isolation runs; the baseline has no such protection.\n", r.WSDEvicted)
 
 	b.WriteString("\n## Configuration\n\nwsd: `" + strings.Join(r.WSDArgs, " ") + "` — every protection on (heartbeat, backpressure, message shaping, descriptor guard, admission); the caps are sized for the load. Baseline: `bench/baseline`, gws with default options.\n")
-	fmt.Fprintf(&b, "\nParams: `%+v`. Telemetry-on wsd was scraped %d times (GET /metrics).\n", r.Params, r.MetricsScrapes)
+	fmt.Fprintf(&b, "\nParams: `%+v`.\n", r.Params)
 	if len(r.Notes) > 0 {
 		b.WriteString("\n## Notes\n\n")
 		for _, n := range r.Notes {

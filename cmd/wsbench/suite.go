@@ -111,9 +111,14 @@ type Results struct {
 	// WSDArgs is how wsd was configured: every protection on, the
 	// admission caps sized for the load.
 	WSDArgs []string `json:"wsd_args"`
-	// NoTelemetryEnv is the environment of the "wsd-notel" server.
+	// TelemetryEnv is the environment of the telemetry-on "wsd" server
+	// (metrics: Prometheus on the admin /metrics, the default; traces:
+	// OTLP/HTTP to a loopback sink); NoTelemetryEnv that of "wsd-notel".
+	TelemetryEnv   []string `json:"telemetry_env"`
 	NoTelemetryEnv []string `json:"no_telemetry_env"`
 	MetricsScrapes int      `json:"metrics_scrapes"` // successful /metrics scrapes of telemetry-on wsd
+	OTLPRequests   int64    `json:"otlp_trace_exports"`
+	OTLPBytes      int64    `json:"otlp_trace_export_bytes"`
 
 	// ClosedLoop and OpenLoop hold the median round (by throughput,
 	// by CPU per message); the Rounds maps hold every round.
@@ -205,9 +210,14 @@ func runSuite(ctx context.Context, sc suiteConfig, logf func(string, ...any)) (*
 			return nil, err
 		}
 	}
+	sink, err := startOTLPSink()
+	if err != nil {
+		return nil, err
+	}
+	defer sink.close()
 	specs := map[string]serverSpec{
 		nameBaseline: {name: nameBaseline, bin: sc.baselineBin, args: []string{"--listen={listen}"}},
-		nameWSD:      {name: nameWSD, bin: sc.wsdBin, args: wsdArgs(), admin: true},
+		nameWSD:      {name: nameWSD, bin: sc.wsdBin, args: wsdArgs(), env: sink.env(), admin: true},
 		nameNoTel:    {name: nameNoTel, bin: sc.wsdBin, args: wsdArgs(), env: noTelemetryEnv, admin: true},
 	}
 	res := &Results{
@@ -397,6 +407,8 @@ func runSuite(ctx context.Context, sc suiteConfig, logf func(string, ...any)) (*
 			return res, err
 		}
 	}
+	res.TelemetryEnv = sink.env()
+	res.OTLPRequests, res.OTLPBytes = sink.requests.Load(), sink.bytes.Load()
 	res.Params = p.record()
 	res.Ratios = ratios(res)
 	res.Duration = time.Since(began).Seconds()
