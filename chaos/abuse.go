@@ -1,0 +1,249 @@
+package chaos
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+)
+
+// AbuseConfig tells the protocol-abuse injector the server's limits.
+type AbuseConfig struct {
+	// MaxMessageBytes is the server's limits.max_message_bytes.
+	MaxMessageBytes int
+	// HandshakeTimeout is the server's limits.handshake_timeout.
+	HandshakeTimeout time.Duration
+	// Slowloris is the number of slowloris upgrade requests (default 20).
+	Slowloris int
+	// ForbiddenOrigin, when set, is an Origin the server does not allow
+	// (expect 403).
+	ForbiddenOrigin string
+}
+
+// InvalidCloseCodes are the close codes a client must not send (RFC 6455
+// §7.4): wsd answers each with 1002.
+var InvalidCloseCodes = []uint16{0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535}
+
+// Abuse runs every protocol-abuse case and returns one invariant per
+// case: the documented close code or HTTP status against the observed
+// one. Cases run concurrently; the run is bounded by the handshake
+// timeout plus 30s.
+func Abuse(ctx context.Context, t Target, cfg AbuseConfig) []Invariant {
+	if cfg.Slowloris == 0 {
+		cfg.Slowloris = 20
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.HandshakeTimeout+30*time.Second)
+	defer cancel()
+	type cas struct {
+		name, want string
+		run        func() (got string, pass bool)
+	}
+	closeCase := func(name string, send func(c *Conn) error, want uint16) cas {
+		return cas{name, fmt.Sprintf("close %d", want), func() (string, bool) {
+			code, err := abuseFrame(ctx, t.EchoURL(), send)
+			if err != nil {
+				return err.Error(), false
+			}
+			return fmt.Sprintf("close %d", code), code == want
+		}}
+	}
+	var cases []cas
+	for _, code := range InvalidCloseCodes {
+		if code == 0 {
+			continue
+		}
+		cases = append(cases, closeCase(fmt.Sprintf("close frame with code %d", code),
+			func(c *Conn) error { return c.WriteClose(code, "") }, 1002))
+	}
+	cases = append(cases,
+		closeCase("close frame with a 1-byte payload", func(c *Conn) error { return c.WriteFrame(true, OpClose, []byte{0x03}) }, 1002),
+		closeCase("close frame with a non-UTF-8 reason", func(c *Conn) error { return c.WriteClose(1000, "\xff\xfe") }, 1002),
+		closeCase("close frame 1000 (valid)", func(c *Conn) error { return c.WriteClose(1000, "bye") }, 1000),
+		closeCase("close frame 3000 (valid)", func(c *Conn) error { return c.WriteClose(3000, "") }, 3000),
+		closeCase("text message with invalid UTF-8", func(c *Conn) error { return c.WriteMessage(OpText, []byte("ok \xc3\x28 bad")) }, 1007),
+		closeCase(fmt.Sprintf("message of max_message_bytes+1 (%d bytes)", cfg.MaxMessageBytes+1),
+			func(c *Conn) error { return c.WriteMessage(OpBinary, make([]byte, cfg.MaxMessageBytes+1)) }, 1009),
+		closeCase("unmasked client frame", func(c *Conn) error {
+			_, err := c.NetConn().Write([]byte{0x81, 0x02, 'h', 'i'})
+			return err
+		}, 1002),
+		closeCase("reserved opcode 0x3", func(c *Conn) error { return c.WriteFrame(true, 0x3, []byte("x")) }, 1002),
+		closeCase("fragmented ping", func(c *Conn) error { return c.WriteFrame(false, OpPing, []byte("x")) }, 1002),
+	)
+	statusCase := func(name string, path string, header map[string]string, want int) cas {
+		return cas{name, fmt.Sprintf("HTTP %d", want), func() (string, bool) {
+			st, err := rawUpgrade(ctx, t.WS, path, header)
+			if err != nil {
+				return err.Error(), false
+			}
+			return fmt.Sprintf("HTTP %d", st), st == want
+		}}
+	}
+	good := map[string]string{"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+	with := func(k, v string) map[string]string {
+		h := map[string]string{}
+		for a, b := range good {
+			h[a] = b
+		}
+		if v == "" {
+			delete(h, k)
+		} else {
+			h[k] = v
+		}
+		return h
+	}
+	cases = append(cases,
+		statusCase("upgrade without Sec-WebSocket-Key", "/ws/echo", with("Sec-WebSocket-Key", ""), 400),
+		statusCase("upgrade with Sec-WebSocket-Version 8", "/ws/echo", with("Sec-WebSocket-Version", "8"), 400),
+		statusCase("plain GET without Upgrade", "/ws/echo", with("Upgrade", ""), 400),
+		statusCase("invalid topic name", "/ws/topics/"+url.PathEscape("no spaces!"), good, 400),
+		statusCase("topic name over 128 characters", "/ws/topics/"+strings.Repeat("t", 129), good, 400),
+	)
+	if cfg.ForbiddenOrigin != "" {
+		cases = append(cases, statusCase("forbidden Origin", "/ws/echo", with("Origin", cfg.ForbiddenOrigin), 403))
+	}
+	cases = append(cases, cas{
+		fmt.Sprintf("%d slowloris upgrades trickling a header byte every 200ms", cfg.Slowloris),
+		fmt.Sprintf("all cut within handshake_timeout (%s) + 5s, none before 0.9×", cfg.HandshakeTimeout),
+		func() (string, bool) { return slowloris(ctx, t.WS, cfg.Slowloris, cfg.HandshakeTimeout) },
+	})
+
+	out := make([]Invariant, len(cases))
+	var wg sync.WaitGroup
+	for i, c := range cases {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got, pass := c.run()
+			out[i] = Invariant{Name: c.name, Want: c.want, Got: got, Pass: pass}
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// abuseFrame connects, lets send misbehave, and returns the close code
+// the server answers with (an error if the connection ends without one).
+func abuseFrame(ctx context.Context, url string, send func(*Conn) error) (uint16, error) {
+	c, err := Dial(ctx, url)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	if err := send(c); err != nil {
+		return 0, err
+	}
+	code, _, err := c.ReadUntilClose(10 * time.Second)
+	if code == 0 {
+		return 0, fmt.Errorf("no close frame: %v", err)
+	}
+	return code, nil
+}
+
+// rawUpgrade sends an upgrade request with exactly the given headers and
+// returns the HTTP status.
+func rawUpgrade(ctx context.Context, base, path string, header map[string]string) (int, error) {
+	u, err := url.Parse(base)
+	if err != nil {
+		return 0, fmt.Errorf("parse %q: %w", base, err)
+	}
+	d := net.Dialer{Timeout: 5 * time.Second}
+	nc, err := d.DialContext(ctx, "tcp", u.Host)
+	if err != nil {
+		return 0, fmt.Errorf("dial: %w", err)
+	}
+	defer nc.Close()
+	_ = nc.SetDeadline(time.Now().Add(10 * time.Second))
+	var b strings.Builder
+	fmt.Fprintf(&b, "GET %s HTTP/1.1\r\nHost: %s\r\n", path, u.Host)
+	for k, v := range header {
+		fmt.Fprintf(&b, "%s: %s\r\n", k, v)
+	}
+	b.WriteString("\r\n")
+	if _, err := io.WriteString(nc, b.String()); err != nil {
+		return 0, fmt.Errorf("write: %w", err)
+	}
+	var status int
+	line := make([]byte, 12)
+	if _, err := io.ReadFull(nc, line); err != nil {
+		return 0, fmt.Errorf("read status: %w", err)
+	}
+	if _, err := fmt.Sscanf(string(line), "HTTP/1.1 %d", &status); err != nil {
+		return 0, fmt.Errorf("status line %q: %w", line, err)
+	}
+	return status, nil
+}
+
+// slowloris opens n connections that send the request line and then one
+// header byte every 200ms forever; the server must cut each one at its
+// handshake timeout.
+func slowloris(ctx context.Context, base string, n int, timeout time.Duration) (string, bool) {
+	u, err := url.Parse(base)
+	if err != nil {
+		return err.Error(), false
+	}
+	limit := timeout + 5*time.Second
+	cut := make([]time.Duration, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			nc, err := (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, "tcp", u.Host)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			defer nc.Close()
+			start := time.Now()
+			if _, err := io.WriteString(nc, "GET /ws/echo HTTP/1.1\r\nHost: "+u.Host+"\r\nX-Slow: "); err != nil {
+				errs[i] = err
+				return
+			}
+			// The server cuts us by closing: a write then fails, or a read
+			// sees EOF. Reads run beside the trickle.
+			closed := make(chan struct{})
+			go func() {
+				_, _ = io.Copy(io.Discard, nc)
+				close(closed)
+			}()
+			tick := time.NewTicker(200 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				select {
+				case <-closed:
+					cut[i] = time.Since(start)
+					return
+				case <-tick.C:
+					if time.Since(start) > limit {
+						errs[i] = fmt.Errorf("still open after %s", limit)
+						return
+					}
+					if _, err := nc.Write([]byte("a")); err != nil {
+						cut[i] = time.Since(start)
+						return
+					}
+				case <-ctx.Done():
+					errs[i] = ctx.Err()
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err.Error(), false
+	}
+	lo, hi := cut[0], cut[0]
+	for _, d := range cut {
+		lo, hi = min(lo, d), max(hi, d)
+	}
+	pass := lo >= timeout*9/10 && hi <= limit
+	return fmt.Sprintf("%d cut after %.2fs–%.2fs", n, lo.Seconds(), hi.Seconds()), pass
+}

@@ -1,0 +1,104 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/wsd-dev/wsd/chaos"
+)
+
+// Scenario 1: slow consumers on a topic. Fast subscribers must receive
+// every message in order while slow ones are evicted with 1013 (close
+// policy) or lose only messages the server counts as dropped (drop
+// policy); memory stays bounded.
+func TestSlowConsumers(t *testing.T) {
+	for _, policy := range []string{"close", "drop"} {
+		t.Run(policy, func(t *testing.T) { slowConsumers(t, policy) })
+	}
+}
+
+func slowConsumers(t *testing.T, policy string) {
+	const fast, slow, messages, size = 8, 8, 3000, 1024
+	topic := "chaos-slow-" + policy
+	s := startStack(t, "slow-consumers-"+policy,
+		fmt.Sprintf("%d fast and %d slow subscribers on one topic; a publisher sends %d × %d B. Policy %q.", fast, slow, messages, size, policy),
+		stackOpts{conns: fast + slow + 2, config: map[string]string{
+			"backpressure.warn_bytes":    "32768",
+			"backpressure.pause_bytes":   "65536",
+			"backpressure.resume_bytes":  "32768",
+			"backpressure.max_bytes":     "131072",
+			"backpressure.slow_consumer": policy,
+		}})
+	s.res.Fault("%d subscribers reading at 2 KiB/s through a 4 KiB SO_RCVBUF", slow)
+	before, err := s.target.Admin.Stats(s.ctx)
+	if err != nil {
+		s.fatal("stats: %v", err)
+	}
+	out, err := chaos.SlowConsumers(s.ctx, s.target, chaos.TopicConfig{
+		Topic: topic, Fast: fast, Slow: slow, Messages: messages, Size: size,
+		SlowReadRate: 2048, SlowRecvBuffer: 4096, PublishRate: 500,
+	})
+	if err != nil {
+		s.fatal("slow consumers: %v", err)
+	}
+	after, err := s.target.Admin.Stats(s.ctx)
+	if err != nil {
+		s.fatal("stats: %v", err)
+	}
+	s.check("published", out.Published == messages, fmt.Sprint(messages), "%d", out.Published)
+	complete, ordered := 0, 0
+	for _, f := range out.Fast {
+		if f.Received == messages {
+			complete++
+		}
+		if f.InOrder {
+			ordered++
+		}
+	}
+	s.check("fast subscribers received every message", complete == fast, fmt.Sprintf("%d of %d", fast, fast), "%d of %d", complete, fast)
+	s.check("fast subscribers in order, no gap", ordered == fast, fmt.Sprintf("%d of %d", fast, fast), "%d of %d", ordered, fast)
+
+	evicted := after.EvictedTotal - before.EvictedTotal
+	dropped := after.DroppedTotal - before.DroppedTotal
+	switch policy {
+	case "close":
+		ended, with1013, other := 0, 0, 0
+		for _, sl := range out.Slow {
+			if sl.Ended {
+				ended++
+			}
+			switch sl.CloseCode {
+			case 1013:
+				with1013++
+			case 0:
+			default:
+				other++
+			}
+		}
+		s.check("every slow subscriber evicted (evicted_total delta)", evicted == slow, fmt.Sprint(slow), "%d", evicted)
+		s.check("every slow subscriber's connection ended by the server", ended == slow, fmt.Sprint(slow), "%d", ended)
+		s.check("slow subscribers saw no close code but 1013", other == 0, "0 other codes", "%d with 1013, %d other, %d without a frame (write timed out on the full socket)", with1013, other, slow-with1013-other)
+		s.check("nothing dropped under the close policy", dropped == 0, "0", "%d", dropped)
+	case "drop":
+		lost, ordered, ended := 0, 0, 0
+		for _, sl := range out.Slow {
+			lost += messages - sl.Received
+			if sl.InOrder {
+				ordered++
+			}
+			if sl.Ended {
+				ended++
+			}
+		}
+		s.check("slow subscribers lost only counted messages", int64(lost) == dropped, fmt.Sprintf("lost = dropped_total delta (%d)", dropped), "lost %d", lost)
+		s.check("the drop policy engaged", dropped > 0, "> 0 drops", "%d", dropped)
+		s.check("slow subscribers' messages in order (gaps allowed)", ordered == slow, fmt.Sprint(slow), "%d", ordered)
+		s.check("no slow subscriber evicted or closed", evicted == 0 && ended == 0, "0 evicted, 0 ended", "%d evicted, %d ended", evicted, ended)
+	}
+	peak, _ := s.checker.Peak()
+	s.res.Note("peak buffered_bytes %d, peak paused %d", peak.BufferedBytes, peak.Paused)
+	s.finish(20*time.Second, topic)
+}
