@@ -16,6 +16,7 @@ import (
 	noopmetric "go.opentelemetry.io/otel/metric/noop"
 	sdklog "go.opentelemetry.io/otel/sdk/log"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/exemplar"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
@@ -135,7 +136,10 @@ func (b *builder) meterProvider() (shutdownProvider[metric.MeterProvider], strin
 			return none, "", nil, fmt.Errorf("metrics exporter (%s=%q): %w", envMetricsExporter, name, err)
 		}
 	}
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithResource(res), sdkmetric.WithReader(reader))
+	// Exemplars off: measurements are taken with a span-less context (see
+	// bg), so the trace-based filter would only cost time per message.
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithResource(res), sdkmetric.WithReader(reader),
+		sdkmetric.WithExemplarFilter(exemplar.AlwaysOffFilter))
 	return shutdownProvider[metric.MeterProvider]{mp, mp.Shutdown}, name, handler, nil
 }
 

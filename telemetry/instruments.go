@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -35,7 +36,6 @@ const (
 	keyBuffered     = attribute.Key("ws.buffered_bytes")
 	keyRejectReason = attribute.Key("ws.reject.reason")
 	keyBPEvent      = attribute.Key("ws.backpressure.event")
-	keyDirection    = attribute.Key("ws.message.direction")
 	keyMessageSize  = attribute.Key("ws.message.size")
 	keyDropReason   = attribute.Key("ws.drop.reason")
 	keyErrorType    = attribute.Key("error.type")
@@ -43,6 +43,10 @@ const (
 	keyHTTPStatus   = attribute.Key("http.response.status_code")
 	keyURLPath      = attribute.Key("url.path")
 )
+
+// depthSampleEvery: wsd.send_buffer.depth records one write in this many
+// (process-wide), see session.MessageSent.
+const depthSampleEvery = 8
 
 // Histogram buckets. Message sizes and send-buffer levels span bytes to
 // the 64 KiB message cap and the multi-MiB buffer caps; sessions last
@@ -56,14 +60,17 @@ var (
 // and meanings are the README's metric table.
 type instruments struct {
 	opened, closed, rejected, acceptErrors     metric.Int64Counter
-	msgsIn, msgsOut, bytesIn, bytesOut         metric.Int64Counter
+	msgsIn, msgsOut, bytesIn, bytesOut         metric.Int64ObservableCounter
 	transitions, dropped, evicted, hbTimeouts  metric.Int64Counter
 	messageSize, bufferDepth                   metric.Int64Histogram
 	sessionDuration                            metric.Float64Histogram
 	active, paused, buffered, fdCount, fdLimit metric.Int64Observable
 
-	meter metric.Meter
-	eps   [2]endpointOpts // [0] echo, [1] topic
+	depthTick atomic.Uint64 // wsd.send_buffer.depth sampling
+
+	meter  metric.Meter
+	eps    [2]endpointOpts    // [0] echo, [1] topic
+	counts [2]messageCounters // same index
 
 	regMu sync.Mutex
 	regs  []metric.Registration
@@ -81,10 +88,26 @@ type instruments struct {
 // endpointOpts are the precomputed measurement options of one endpoint:
 // the per-message calls pass them as-is, so recording allocates nothing.
 type endpointOpts struct {
-	add                []metric.AddOption
-	rec, recIn, recOut []metric.RecordOption
-	set                attribute.Set
-	durationInitiator  map[service.Initiator][]metric.RecordOption
+	add               []metric.AddOption
+	rec               []metric.RecordOption
+	set               attribute.Set
+	durationInitiator map[service.Initiator][]metric.RecordOption
+}
+
+// messageCounters are the per-endpoint message and byte totals. They are
+// plain atomics read by observable counters at collection time: an
+// atomic add costs a few nanoseconds per message where a synchronous SDK
+// counter costs tens (attribute resolution, exemplar filter, map
+// lookup), and the per-message path is where the CPU budget is. Each
+// sits on its own cache line: the readers and writers of different
+// directions run on different cores.
+type messageCounters struct {
+	msgsIn, msgsOut, bytesIn, bytesOut paddedInt64
+}
+
+type paddedInt64 struct {
+	atomic.Int64
+	_ [56]byte
 }
 
 type closeKey struct {
@@ -105,10 +128,15 @@ func newInstruments(m metric.Meter) (*instruments, error) {
 	in.closed = counter("wsd.connections.closed", "{connection}", "WebSocket connections ended, by close code and initiator.")
 	in.rejected = counter("wsd.upgrades.rejected", "{request}", "Upgrade requests refused before the handshake, by reason.")
 	in.acceptErrors = counter("wsd.accept.errors", "{error}", "Failed accepts on a listener (descriptor exhaustion), by errno.")
-	in.msgsIn = counter("wsd.messages.received", "{message}", "Data messages read from clients.")
-	in.msgsOut = counter("wsd.messages.sent", "{message}", "Data messages written to clients.")
-	in.bytesIn = counter("wsd.payload.received", "By", "Payload bytes of data messages read from clients.")
-	in.bytesOut = counter("wsd.payload.sent", "By", "Payload bytes of data messages written to clients.")
+	observed := func(name, unit, desc string) metric.Int64ObservableCounter {
+		c, err := m.Int64ObservableCounter(name, metric.WithUnit(unit), metric.WithDescription(desc))
+		errs = append(errs, err)
+		return c
+	}
+	in.msgsIn = observed("wsd.messages.received", "{message}", "Data messages read from clients.")
+	in.msgsOut = observed("wsd.messages.sent", "{message}", "Data messages written to clients.")
+	in.bytesIn = observed("wsd.payload.received", "By", "Payload bytes of data messages read from clients.")
+	in.bytesOut = observed("wsd.payload.sent", "By", "Payload bytes of data messages written to clients.")
 	in.transitions = counter("wsd.backpressure.transitions", "{transition}", "Send-buffer threshold crossings (warn, pause, resume).")
 	in.dropped = counter("wsd.messages.dropped", "{message}", "Fan-out messages discarded for slow subscribers (slow_consumer: drop).")
 	in.evicted = counter("wsd.slow_consumers.evicted", "{connection}", "Subscribers closed with 1013 as slow consumers.")
@@ -120,8 +148,8 @@ func newInstruments(m metric.Meter) (*instruments, error) {
 		errs = append(errs, err)
 		return h
 	}
-	in.messageSize = hist("wsd.message.size", "Payload size of data messages, by direction.")
-	in.bufferDepth = hist("wsd.send_buffer.depth", "A connection's send buffer (bytes waiting, this message included) when a message is written.")
+	in.messageSize = hist("wsd.message.size", "Payload size of data messages received.")
+	in.bufferDepth = hist("wsd.send_buffer.depth", "A connection's send buffer (bytes waiting, this message included) when a message is written; sampled, one write in 8.")
 	var err error
 	in.sessionDuration, err = m.Float64Histogram("wsd.session.duration", metric.WithUnit("s"),
 		metric.WithDescription("Time from upgrade to close, by endpoint and initiator."),
@@ -146,8 +174,6 @@ func newInstruments(m metric.Meter) (*instruments, error) {
 			set:               set,
 			add:               []metric.AddOption{metric.WithAttributeSet(set)},
 			rec:               []metric.RecordOption{metric.WithAttributeSet(set)},
-			recIn:             []metric.RecordOption{metric.WithAttributes(keyEndpoint.String(string(ep)), keyDirection.String("in"))},
-			recOut:            []metric.RecordOption{metric.WithAttributes(keyEndpoint.String(string(ep)), keyDirection.String("out"))},
 			durationInitiator: map[service.Initiator][]metric.RecordOption{},
 		}
 		for _, ini := range [...]service.Initiator{service.InitiatorClient, service.InitiatorServer, service.InitiatorAbnormal} {
@@ -159,7 +185,29 @@ func newInstruments(m metric.Meter) (*instruments, error) {
 		in.bpOpts[i] = []metric.AddOption{metric.WithAttributes(keyBPEvent.String(string(ev)))}
 	}
 	in.dropOpts = []metric.AddOption{metric.WithAttributes(keyDropReason.String("slow_consumer"))}
+
+	reg, err := m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		for i := range in.counts {
+			c, set := &in.counts[i], metric.WithAttributeSet(in.eps[i].set)
+			o.ObserveInt64(in.msgsIn, c.msgsIn.Load(), set)
+			o.ObserveInt64(in.msgsOut, c.msgsOut.Load(), set)
+			o.ObserveInt64(in.bytesIn, c.bytesIn.Load(), set)
+			o.ObserveInt64(in.bytesOut, c.bytesOut.Load(), set)
+		}
+		return nil
+	}, in.msgsIn, in.msgsOut, in.bytesIn, in.bytesOut)
+	if err != nil {
+		return nil, err
+	}
+	in.regs = append(in.regs, reg)
 	return in, nil
+}
+
+func (in *instruments) counters(ep service.Endpoint) *messageCounters {
+	if ep == service.EndpointTopic {
+		return &in.counts[1]
+	}
+	return &in.counts[0]
 }
 
 func (in *instruments) endpoint(ep service.Endpoint) *endpointOpts {

@@ -52,7 +52,7 @@ func (t *Telemetry) SessionOpened(ctx context.Context, info service.SessionInfo)
 		attrs = append(attrs, keyPeerAddress.String(info.Remote.Addr().Unmap().String()), keyPeerPort.Int(int(info.Remote.Port())))
 	}
 	ctx, span := t.tracer.Start(ctx, spanSession, trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(attrs...))
-	s := &session{t: t, ep: ep, endpoint: info.Endpoint, span: span, ctx: ctx}
+	s := &session{t: t, ep: ep, counts: t.inst.counters(info.Endpoint), endpoint: info.Endpoint, span: span, ctx: ctx}
 	s.msgSpans = t.msgSpans && span.IsRecording()
 	return ctx, s
 }
@@ -118,11 +118,13 @@ func splitHostPort(addr string) (string, int, bool) {
 }
 
 // session is the SessionObserver of one connection. Its per-message
-// methods only add to counters and histograms with precomputed attribute
-// sets (and, when message spans are on, start a sampled child span).
+// methods only add to atomic counters and record histograms with
+// precomputed attribute sets (and, when message spans are on, start a
+// sampled child span).
 type session struct {
 	t        *Telemetry
 	ep       *endpointOpts
+	counts   *messageCounters
 	endpoint service.Endpoint
 	span     trace.Span
 	ctx      context.Context
@@ -131,10 +133,9 @@ type session struct {
 
 // MessageReceived implements service.SessionObserver.
 func (s *session) MessageReceived(n int) {
-	in := s.t.inst
-	in.msgsIn.Add(bg, 1, s.ep.add...)
-	in.bytesIn.Add(bg, int64(n), s.ep.add...)
-	in.messageSize.Record(bg, int64(n), s.ep.recIn...)
+	s.counts.msgsIn.Add(1)
+	s.counts.bytesIn.Add(int64(n))
+	s.t.inst.messageSize.Record(bg, int64(n), s.ep.rec...)
 	if s.msgSpans {
 		s.messageSpan(spanMessageReceive, n, -1)
 	}
@@ -142,11 +143,15 @@ func (s *session) MessageReceived(n int) {
 
 // MessageSent implements service.SessionObserver.
 func (s *session) MessageSent(n int, buffered int64) {
-	in := s.t.inst
-	in.msgsOut.Add(bg, 1, s.ep.add...)
-	in.bytesOut.Add(bg, int64(n), s.ep.add...)
-	in.messageSize.Record(bg, int64(n), s.ep.recOut...)
-	in.bufferDepth.Record(bg, buffered, s.ep.rec...)
+	s.counts.msgsOut.Add(1)
+	s.counts.bytesOut.Add(int64(n))
+	// Sampled, one write in depthSampleEvery: this runs in gws's writer
+	// goroutine, which is often freshly started, and the SDK's Record
+	// path grows its stack (a copy costing about a microsecond, several
+	// percent of an echo round trip). The sample keeps the distribution.
+	if s.t.inst.depthTick.Add(1)%depthSampleEvery == 0 {
+		s.t.inst.bufferDepth.Record(bg, buffered, s.ep.rec...)
+	}
 	if s.msgSpans {
 		s.messageSpan(spanMessageSend, n, buffered)
 	}
