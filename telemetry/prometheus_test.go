@@ -55,8 +55,10 @@ func TestPrometheusServesReadmeNames(t *testing.T) {
 		t.Fatalf("default exporters: %s, handler %v", f.tel, f.tel.MetricsHandler())
 	}
 	c := mustDial(t, f.wsURL("/ws/echo"), 0, nil)
-	if err := c.echo([]byte("x")); err != nil {
-		t.Fatal(err)
+	for range depthSampleEvery { // one sampled send-buffer depth
+		if err := c.echo([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := c.closeNormally(); err != nil {
 		t.Fatal(err)
