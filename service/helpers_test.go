@@ -16,6 +16,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -463,9 +464,13 @@ type gwsClient struct {
 	closed chan struct{}
 	code   uint16
 	onMsg  func([]byte)
+	pings  atomic.Int64
 }
 
-func (c *gwsClient) OnPing(conn *gws.Conn, p []byte) { _ = conn.WritePong(p) }
+func (c *gwsClient) OnPing(conn *gws.Conn, p []byte) {
+	c.pings.Add(1)
+	_ = conn.WritePong(p)
+}
 func (c *gwsClient) OnMessage(_ *gws.Conn, m *gws.Message) {
 	b := append([]byte(nil), m.Bytes()...)
 	_ = m.Close()
@@ -596,4 +601,19 @@ func expectClose(ts *testServer, code uint16, reason string, initiator Initiator
 		}
 	}
 	return fmt.Errorf("no close %d %q %s among %+v", code, reason, initiator, snap.closes)
+}
+
+// smallSendBuffer is a prep for runServerWith: it pins the kernel send
+// buffer of every session that sends a message to 4 KiB (no
+// autotuning), so a peer that does not read blocks the server's writes
+// after a few KiB instead of several MiB, and a pause is reached at once
+// and stays.
+func smallSendBuffer(s *Server) {
+	s.testHook = func(ss *session, _ *gws.Message) {
+		if tc, ok := ss.nc.(*trackedConn); ok {
+			if c, ok := tc.Conn.(*net.TCPConn); ok {
+				_ = c.SetWriteBuffer(4096)
+			}
+		}
+	}
 }

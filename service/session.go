@@ -388,6 +388,13 @@ func classifyReadError(err error) (uint16, Initiator, string) {
 	}
 	var ne net.Error
 	if errors.As(err, &ne) {
+		if ne.Timeout() {
+			// wsd sets no read deadline on an upgraded connection, so a
+			// timeout is a write stuck for write_timeout. gws reports a
+			// failed queued write (fan-out) this way, and a failed echo
+			// write can end the read loop before written() records it.
+			return closeAbnormal, InitiatorAbnormal, reasonWriteTimeout
+		}
 		return closeAbnormal, InitiatorAbnormal, "connection lost"
 	}
 	// Any other read error is a framing violation gws answered with 1002.
