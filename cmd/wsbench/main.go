@@ -107,6 +107,7 @@ func suiteCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	pin := fs.Bool("pin", true, "pin the client to CPU 0 and the servers to CPU 1 with taskset (needs 2+ CPUs)")
 	wsdBin := fs.String("wsd-bin", "", "prebuilt wsd binary (default: go build ./cmd/wsd)")
 	baseBin := fs.String("baseline-bin", "", "prebuilt baseline binary (default: go build ./bench/baseline)")
+	repo := fs.String("repo", "", "build wsd and the baseline from this checkout (e.g. a `git worktree` of a commit); default: this module")
 	profile := fs.Bool("profile", false, "also capture a wsd CPU profile under closed-loop load into <out>/raw")
 	timeout := fs.Duration("timeout", 15*time.Minute, "abort the suite after this long")
 	if err := parse(fs, args); err != nil {
@@ -117,7 +118,7 @@ func suiteCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			fmt.Fprintf(stderr, "wsbench: not pinned: %v\n", err)
 		}
 	}
-	sc := suiteConfig{smoke: *smoke, out: *out, sources: *src, wsdBin: *wsdBin, baselineBin: *baseBin, profile: *profile}
+	sc := suiteConfig{smoke: *smoke, out: *out, sources: *src, wsdBin: *wsdBin, baselineBin: *baseBin, repo: *repo, profile: *profile}
 	if os.Getenv("WSBENCH_PINNED") != "" {
 		sc.clientCPUs, sc.serverCPUs = "0", "1"
 	}

@@ -23,6 +23,7 @@ type suiteConfig struct {
 	sources     string // client source addresses
 	wsdBin      string // prebuilt binaries; empty: go build
 	baselineBin string
+	repo        string // source tree to build them from; empty: this module
 	clientCPUs  string // taskset lists; empty: no pinning
 	serverCPUs  string
 	profile     bool // capture a wsd CPU profile under closed-loop load
@@ -200,15 +201,19 @@ func runSuite(ctx context.Context, sc suiteConfig, logf func(string, ...any)) (*
 	if err := os.MkdirAll(raw, 0o755); err != nil {
 		return nil, fmt.Errorf("results directory: %w", err)
 	}
+	commit := "prebuilt binaries"
 	if sc.wsdBin == "" || sc.baselineBin == "" {
-		root, err := moduleRoot()
-		if err != nil {
-			return nil, err
+		root := sc.repo
+		if root == "" {
+			if root, err = moduleRoot(); err != nil {
+				return nil, err
+			}
 		}
-		logf("building wsd and baseline")
+		logf("building wsd and baseline from %s", root)
 		if sc.wsdBin, sc.baselineBin, err = buildBinaries(ctx, root, raw); err != nil {
 			return nil, err
 		}
+		commit = gitCommit(root)
 	}
 	sink, err := startOTLPSink()
 	if err != nil {
@@ -221,7 +226,7 @@ func runSuite(ctx context.Context, sc suiteConfig, logf func(string, ...any)) (*
 		nameNoTel:    {name: nameNoTel, bin: sc.wsdBin, args: wsdArgs(), env: noTelemetryEnv, admin: true},
 	}
 	res := &Results{
-		Date: began.UTC().Format(time.RFC3339), Commit: gitCommit(), Machine: machine(), Smoke: sc.smoke,
+		Date: began.UTC().Format(time.RFC3339), Commit: commit, Machine: machine(), Smoke: sc.smoke,
 		NoFile: nofile, WSDArgs: wsdArgs(), NoTelemetryEnv: noTelemetryEnv,
 		ClosedLoop: map[string]EchoResult{}, OpenLoop: map[string]EchoResult{}, Idle: map[string]IdleResult{},
 		ClosedLoopRounds: map[string][]EchoResult{}, OpenLoopRounds: map[string][]EchoResult{},
@@ -465,13 +470,19 @@ func (p params) record() Params {
 	}
 }
 
-func gitCommit() string {
-	out, err := exec.Command("git", "rev-parse", "--short=12", "HEAD").Output()
+// gitCommit names the commit the binaries were built from, flagging a
+// tree with uncommitted changes.
+func gitCommit(dir string) string {
+	cmd := exec.Command("git", "rev-parse", "--short=12", "HEAD")
+	cmd.Dir = dir
+	out, err := cmd.Output()
 	if err != nil {
 		return "unknown"
 	}
 	c := strings.TrimSpace(string(out))
-	if st, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(st) > 0 {
+	st := exec.Command("git", "status", "--porcelain", "--untracked-files=no")
+	st.Dir = dir
+	if b, err := st.Output(); err == nil && len(b) > 0 {
 		c += " (+ uncommitted changes)"
 	}
 	return c
