@@ -8,8 +8,8 @@ import (
 )
 
 // Config is the telemetry section of the wsd configuration. The zero
-// value is not valid (BatchTimeout and MessageSpanRatio must be set):
-// start from DefaultConfig.
+// value is not valid (BatchTimeout must be set): start from
+// DefaultConfig.
 //
 // The string fields mirror standard OpenTelemetry environment variables
 // (named in each comment) so that they can be written in the YAML file:
@@ -49,20 +49,18 @@ type Config struct {
 	// session's span shows up in the tracing backend within seconds;
 	// OTEL_BSP_SCHEDULE_DELAY, when set, takes precedence.
 	BatchTimeout time.Duration `koanf:"batch_timeout"`
-	// MessageSpans turns on one short span per data message (children of
-	// the session span), for debugging. Off by default: it costs a span
-	// per message.
-	MessageSpans bool `koanf:"message_spans"`
-	// MessageSpanRatio is the fraction of messages that get a span when
-	// MessageSpans is on (0 < ratio ≤ 1). The tracer's sampler applies on
-	// top: a message span is recorded only in a sampled session.
-	MessageSpanRatio float64 `koanf:"message_span_ratio"`
+	// MessageSpans is the switch for per-message spans, for debugging:
+	// the fraction of data messages (0 to 1) that get a short span, a
+	// child of the session span. 0, the default, is off: a span per
+	// message is costly. The tracer's sampler applies on top: a message
+	// span is recorded only in a sampled session.
+	MessageSpans float64 `koanf:"message_spans"`
 }
 
 // DefaultConfig returns the built-in defaults: everything from the
 // standard environment, 1 s batch delay, message spans off.
 func DefaultConfig() Config {
-	return Config{BatchTimeout: time.Second, MessageSpanRatio: 0.01}
+	return Config{BatchTimeout: time.Second}
 }
 
 // envFields pairs each mirrored field with its variable and valid values
@@ -125,8 +123,8 @@ func (c Config) Validate() error {
 	if c.BatchTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("batch_timeout: must be a positive duration, got %s", c.BatchTimeout))
 	}
-	if c.MessageSpanRatio <= 0 || c.MessageSpanRatio > 1 {
-		errs = append(errs, fmt.Errorf("message_span_ratio: must be in (0, 1], got %g", c.MessageSpanRatio))
+	if c.MessageSpans < 0 || c.MessageSpans > 1 {
+		errs = append(errs, fmt.Errorf("message_spans: must be in [0, 1] (0: off), got %g", c.MessageSpans))
 	}
 	return errors.Join(errs...)
 }

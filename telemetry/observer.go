@@ -53,7 +53,7 @@ func (t *Telemetry) SessionOpened(ctx context.Context, info service.SessionInfo)
 	}
 	ctx, span := t.tracer.Start(ctx, spanSession, trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(attrs...))
 	s := &session{t: t, ep: ep, counts: t.inst.counters(info.Endpoint), endpoint: info.Endpoint, span: span, ctx: ctx}
-	s.msgSpans = t.msgSpans && span.IsRecording()
+	s.msgSpans = t.msgRatio > 0 && span.IsRecording()
 	return ctx, s
 }
 
@@ -158,7 +158,7 @@ func (s *session) MessageSent(n int, buffered int64) {
 }
 
 // messageSpan records one message as a short child span of the session,
-// for a MessageSpanRatio fraction of messages. A receive and its echo are
+// for a Config.MessageSpans fraction of messages. A receive and its echo are
 // separate calls with nothing to pair them, so each span covers the
 // observer call, not the message's whole life.
 func (s *session) messageSpan(name string, n int, buffered int64) {

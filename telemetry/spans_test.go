@@ -306,12 +306,16 @@ func TestRejectedUpgradeSpans(t *testing.T) {
 	}
 }
 
-// TestMessageSpans: with message_spans on (ratio 1) every message gets
+// TestMessageSpans: with message_spans 1 every message gets
 // a child span of its session; off (the default) none does.
 func TestMessageSpans(t *testing.T) {
 	for _, on := range []bool{true, false} {
 		t.Run(fmt.Sprint("message_spans=", on), func(t *testing.T) {
-			f := start(t, fixtureOpts{tel: func(c *Config) { c.MessageSpans, c.MessageSpanRatio = on, 1 }})
+			f := start(t, fixtureOpts{tel: func(c *Config) {
+				if on {
+					c.MessageSpans = 1
+				}
+			}})
 			c := mustDial(t, f.wsURL("/ws/echo"), 0, nil)
 			for range 4 {
 				if err := c.echo([]byte("ping")); err != nil {

@@ -38,8 +38,7 @@ type Telemetry struct {
 	tracer    trace.Tracer
 	prop      propagation.TextMapPropagator
 	inst      *instruments
-	msgSpans  bool
-	msgRatio  float64
+	msgRatio  float64 // Config.MessageSpans; 0: off
 	handler   http.Handler
 	logs      otellog.LoggerProvider // nil: no logs bridge
 	exporters string
@@ -96,7 +95,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Telemetry, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	t := &Telemetry{prop: o.prop, msgSpans: cfg.MessageSpans, msgRatio: cfg.MessageSpanRatio}
+	t := &Telemetry{prop: o.prop, msgRatio: cfg.MessageSpans}
 	fail := func(err error) (*Telemetry, error) {
 		return nil, errors.Join(err, t.Shutdown(ctx))
 	}

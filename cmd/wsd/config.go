@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/wsd-dev/wsd/service"
+	"github.com/wsd-dev/wsd/telemetry"
 )
 
 // appConfig is everything the wsd binary reads, in layers: built-in
@@ -26,10 +27,32 @@ import (
 // between levels) → flags (--section.key=value).
 type appConfig struct {
 	service.Config
+	// Telemetry is the "telemetry" section: OpenTelemetry settings.
+	Telemetry telemetry.Config
 }
 
 func defaultAppConfig() appConfig {
-	return appConfig{Config: service.DefaultConfig()}
+	return appConfig{Config: service.DefaultConfig(), Telemetry: telemetry.DefaultConfig()}
+}
+
+// Validate reports every invalid setting of every section, each error
+// naming its full key.
+func (c appConfig) Validate() error {
+	errs := []error{c.Config.Validate()}
+	if err := c.Telemetry.Validate(); err != nil {
+		for _, e := range unjoin(err) {
+			errs = append(errs, fmt.Errorf("telemetry.%w", e))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// unjoin splits an errors.Join result into its parts.
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
 }
 
 // sections lists the parts of appConfig with their key prefix ("" for the
@@ -41,7 +64,7 @@ func (c *appConfig) sections() []struct {
 	return []struct {
 		prefix string
 		ptr    any
-	}{{"", &c.Config}}
+	}{{"", &c.Config}, {"telemetry", &c.Telemetry}}
 }
 
 // envPrefix and envLevel make WSD_BACKPRESSURE__PAUSE_BYTES address
@@ -287,4 +310,18 @@ var keyHelp = map[string]string{
 	"shutdown.drain_timeout":        "time for connections to close after 1001 before force-close",
 	"log.level":                     "debug, info, warn or error",
 	"log.format":                    "json or text",
+
+	// The telemetry keys mirror OTEL_* variables: empty leaves the
+	// environment in charge, a value overrides it.
+	"telemetry.service_name":        "service.name (OTEL_SERVICE_NAME; default wsd)",
+	"telemetry.resource_attributes": "extra resource attributes k=v,k=v (OTEL_RESOURCE_ATTRIBUTES)",
+	"telemetry.traces_exporter":     "otlp, console or none (OTEL_TRACES_EXPORTER; default otlp when an OTLP endpoint is set, else none)",
+	"telemetry.metrics_exporter":    "prometheus (admin /metrics, default), otlp, console or none (OTEL_METRICS_EXPORTER)",
+	"telemetry.logs_exporter":       "otlp, console or none: also send log lines through the OTel logs bridge (OTEL_LOGS_EXPORTER; default none)",
+	"telemetry.otlp_endpoint":       "OTLP collector URL, e.g. http://collector:4318 (OTEL_EXPORTER_OTLP_ENDPOINT)",
+	"telemetry.otlp_protocol":       "http/protobuf or grpc (OTEL_EXPORTER_OTLP_PROTOCOL; default http/protobuf)",
+	"telemetry.traces_sampler":      "trace sampler, e.g. parentbased_traceidratio (OTEL_TRACES_SAMPLER)",
+	"telemetry.traces_sampler_arg":  "sampler argument, e.g. 0.1 (OTEL_TRACES_SAMPLER_ARG)",
+	"telemetry.batch_timeout":       "longest a finished span waits before export (OTEL_BSP_SCHEDULE_DELAY wins)",
+	"telemetry.message_spans":       "fraction of data messages (0 to 1) that get a span, for debugging; 0: off",
 }

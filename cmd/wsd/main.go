@@ -45,15 +45,40 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 
-	logger := newLogger(cfg.Log, stdout)
+	tel, err := setupTelemetry(cfg.Telemetry)
+	if err != nil {
+		fmt.Fprintf(stderr, "wsd: telemetry: %v\n", err)
+		return 2
+	}
+	logger := slog.New(tel.LogHandler(newLogHandler(cfg.Log, stdout)))
+	installErrorHandler(logger)
+	defer func() {
+		// Flush spans, metrics and log records; bounded, so an
+		// unreachable collector cannot hold the exit.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := tel.Shutdown(ctx); err != nil {
+			logger.Warn("telemetry shutdown", "error", err)
+		}
+	}()
+
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	srv, err := service.New(cfg.Config, service.WithLogger(logger))
+	opts := []service.Option{service.WithLogger(logger), service.WithObserver(tel)}
+	if h := tel.MetricsHandler(); h != nil {
+		opts = append(opts, service.WithAdminHandler("/metrics", h))
+	}
+	srv, err := service.New(cfg.Config, opts...)
 	if err != nil {
 		fmt.Fprintf(stderr, "wsd: %v\n", err)
 		return 2
 	}
+	if err := tel.Watch(srv); err != nil {
+		fmt.Fprintf(stderr, "wsd: telemetry: %v\n", err)
+		return 1
+	}
+	logger.Info("telemetry", "exporters", tel.String())
 	if err := srv.Serve(ctx); err != nil {
 		logger.Error("wsd stopped", "error", err)
 		return 1
@@ -61,14 +86,14 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func newLogger(c service.LogConfig, w io.Writer) *slog.Logger {
+func newLogHandler(c service.LogConfig, w io.Writer) slog.Handler {
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(strings.ToUpper(c.Level)))
 	opts := &slog.HandlerOptions{Level: level}
 	if c.Format == "text" {
-		return slog.New(slog.NewTextHandler(w, opts))
+		return slog.NewTextHandler(w, opts)
 	}
-	return slog.New(slog.NewJSONHandler(w, opts))
+	return slog.NewJSONHandler(w, opts)
 }
 
 // healthcheck probes the admin /healthz endpoint: an image built FROM
