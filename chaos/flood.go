@@ -18,6 +18,10 @@ type FloodConfig struct {
 	// PauseWait bounds the non-reading phase (default 15s); it must stay
 	// below the server's backpressure.max_paused.
 	PauseWait time.Duration
+	// Hold keeps the flooders not reading this long after every
+	// connection is paused (default 0), so a time series shows the
+	// plateau.
+	Hold time.Duration
 	// Timeout bounds the whole run (default 2 minutes).
 	Timeout time.Duration
 }
@@ -56,7 +60,7 @@ func Flood(ctx context.Context, t Target, cfg FloodConfig) (FloodOutcome, error)
 		}
 	}()
 	for i := 0; i < cfg.Conns; i++ {
-		c, err := Dial(ctx, t.EchoURL(), WithRecvBuffer(16<<10))
+		c, err := Dial(ctx, t.EchoURL(), WithRecvBuffer(16<<10), WithSendBuffer(16<<10))
 		if err != nil {
 			return FloodOutcome{}, fmt.Errorf("flooder %d: %w", i, err)
 		}
@@ -107,6 +111,13 @@ func Flood(ctx context.Context, t Target, cfg FloodConfig) (FloodOutcome, error)
 		}
 		return fmt.Errorf("paused %d of %d", st.Paused, cfg.Conns)
 	})
+
+	if cfg.Hold > 0 {
+		select {
+		case <-ctx.Done():
+		case <-time.After(cfg.Hold):
+		}
+	}
 
 	// Now read everything back.
 	var readers sync.WaitGroup

@@ -71,6 +71,7 @@ type DialOption func(*dialConfig)
 
 type dialConfig struct {
 	rcvBuf   int
+	sndBuf   int
 	readRate float64 // bytes/s; 0 = unlimited
 	header   http.Header
 	timeout  time.Duration
@@ -83,6 +84,11 @@ type dialConfig struct {
 // would absorb megabytes before wsd saw any backpressure; a WAN-sized
 // segment keeps that buffer near what a real slow client gets.
 func WithRecvBuffer(bytes int) DialOption { return func(c *dialConfig) { c.rcvBuf = bytes } }
+
+// WithSendBuffer sets SO_SNDBUF before connecting, so a writer blocks as
+// soon as the server stops reading instead of filling megabytes of
+// kernel buffer first.
+func WithSendBuffer(bytes int) DialOption { return func(c *dialConfig) { c.sndBuf = bytes } }
 
 // WithReadRate paces every read from the socket to bytesPerSec.
 func WithReadRate(bytesPerSec float64) DialOption {
@@ -132,15 +138,22 @@ func Dial(ctx context.Context, rawURL string, opts ...DialOption) (*Conn, error)
 	ctx, cancel := context.WithTimeout(ctx, cfg.timeout)
 	defer cancel()
 	d := net.Dialer{}
-	if cfg.rcvBuf > 0 {
+	if cfg.rcvBuf > 0 || cfg.sndBuf > 0 {
 		d.Control = func(_, _ string, rc syscall.RawConn) error {
-			var serr error
+			var errs []error
 			err := rc.Control(func(fd uintptr) {
-				serr = errors.Join(
-					syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, cfg.rcvBuf),
-					syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_MAXSEG, 1200))
+				set := func(level, opt, v int) {
+					errs = append(errs, syscall.SetsockoptInt(int(fd), level, opt, v))
+				}
+				if cfg.rcvBuf > 0 {
+					set(syscall.SOL_SOCKET, syscall.SO_RCVBUF, cfg.rcvBuf)
+					set(syscall.IPPROTO_TCP, syscall.TCP_MAXSEG, 1200)
+				}
+				if cfg.sndBuf > 0 {
+					set(syscall.SOL_SOCKET, syscall.SO_SNDBUF, cfg.sndBuf)
+				}
 			})
-			return errors.Join(err, serr)
+			return errors.Join(append(errs, err)...)
 		}
 	}
 	nc, err := d.DialContext(ctx, "tcp", u.Host)

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	toxiclient "github.com/Shopify/toxiproxy/v2/client"
+	"github.com/moby/moby/client"
 	"github.com/testcontainers/testcontainers-go"
 	"github.com/testcontainers/testcontainers-go/wait"
 
@@ -148,6 +149,36 @@ func (c *Container) ProxyAddr(ctx context.Context, name string) (string, error) 
 		return "", fmt.Errorf("toxiproxy: endpoint %q: %w", ep, err)
 	}
 	return ep, nil
+}
+
+// Pause freezes the Toxiproxy process (cgroup freezer): every proxied
+// connection goes silent in both directions without being closed, a
+// blackholed path. Unpause resumes it.
+func (c *Container) Pause(ctx context.Context) error {
+	return c.docker(ctx, func(cli *client.Client) error {
+		_, err := cli.ContainerPause(ctx, c.GetContainerID(), client.ContainerPauseOptions{})
+		return err
+	})
+}
+
+// Unpause resumes a paused container.
+func (c *Container) Unpause(ctx context.Context) error {
+	return c.docker(ctx, func(cli *client.Client) error {
+		_, err := cli.ContainerUnpause(ctx, c.GetContainerID(), client.ContainerUnpauseOptions{})
+		return err
+	})
+}
+
+func (c *Container) docker(_ context.Context, f func(*client.Client) error) error {
+	cli, err := client.New(client.FromEnv)
+	if err != nil {
+		return fmt.Errorf("toxiproxy: docker client: %w", err)
+	}
+	defer cli.Close()
+	if err := f(cli); err != nil {
+		return fmt.Errorf("toxiproxy: %w", err)
+	}
+	return nil
 }
 
 // ResetToxics removes every toxic and re-enables every proxy, so one
