@@ -114,8 +114,14 @@ type stackOpts struct {
 
 // suiteConfig is what every scenario shrinks: one client address (the
 // Docker gateway) opens every connection, so the per-IP cap and the
-// upgrade rate are raised; the scenarios that test them set their own.
+// upgrade rate are raised; the send-buffer thresholds are small so that
+// backpressure engages with little traffic and the memory bound
+// (MemoryBound) is tight. Scenarios override what they test.
 var suiteConfig = map[string]string{
+	"backpressure.warn_bytes":       "32768",
+	"backpressure.pause_bytes":      "65536",
+	"backpressure.resume_bytes":     "32768",
+	"backpressure.max_bytes":        "131072",
 	"limits.max_connections_per_ip": "100000",
 	"limits.upgrade_rate":           "100000",
 	"limits.upgrade_burst":          "100000",
