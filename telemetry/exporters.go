@@ -2,6 +2,7 @@ package telemetry
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/contrib/exporters/autoexport"
+	"go.opentelemetry.io/otel"
 	promexporter "go.opentelemetry.io/otel/exporters/prometheus"
 	otellog "go.opentelemetry.io/otel/log"
 	"go.opentelemetry.io/otel/metric"
@@ -66,7 +68,12 @@ func (b *builder) resource() (*resource.Resource, error) {
 			base = resource.NewSchemaless(serviceNameKey.String(defaultServiceName), serviceVersionKey.String(b.version))
 		}
 		detected, err := resource.New(b.ctx, append(attrs, resource.WithFromEnv())...)
-		if err != nil {
+		switch {
+		case errors.Is(err, resource.ErrPartialResource):
+			// A detector failed (e.g. no hostname): keep what was found,
+			// report it like an export error, and run.
+			otel.Handle(fmt.Errorf("resource: %w", err))
+		case err != nil:
 			b.resErr = fmt.Errorf("resource: %w", err)
 			return
 		}
