@@ -1,9 +1,12 @@
 package telemetry
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/wsd-dev/wsd/service"
 )
 
 // TestConfigValidate: every invalid key is reported by name.
@@ -46,4 +49,23 @@ func TestEnvOverrides(t *testing.T) {
 			t.Errorf("%s = %q, want %q", k, got[k], v)
 		}
 	}
+}
+
+// TestSDKDisabled: OTEL_SDK_DISABLED=true makes every signal a no-op
+// whatever the exporters say: no /metrics handler, nothing recorded.
+func TestSDKDisabled(t *testing.T) {
+	t.Setenv(envSDKDisabled, "true")
+	t.Setenv(envOTLPEndpoint, "http://127.0.0.1:1")
+	t.Setenv(envLogsExporter, "otlp")
+	tel, err := New(context.Background(), DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tel.Shutdown(context.Background())
+	if tel.String() != "traces=disabled metrics=disabled logs=disabled" || tel.MetricsHandler() != nil {
+		t.Fatalf("exporters %s, handler %v", tel, tel.MetricsHandler())
+	}
+	_, so := tel.SessionOpened(context.Background(), service.SessionInfo{Endpoint: service.EndpointEcho})
+	so.MessageReceived(1)
+	so.Closed(service.CloseInfo{Code: 1000, Initiator: service.InitiatorClient})
 }

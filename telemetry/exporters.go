@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -34,7 +35,12 @@ const (
 	envOTLPEndpoint    = "OTEL_EXPORTER_OTLP_ENDPOINT"
 	envOTLPTraces      = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 	envBSPDelay        = "OTEL_BSP_SCHEDULE_DELAY"
+	envSDKDisabled     = "OTEL_SDK_DISABLED"
 )
+
+// sdkDisabled reports OTEL_SDK_DISABLED=true (case-insensitive), the
+// standard switch that turns every signal into a no-op.
+func sdkDisabled() bool { return strings.EqualFold(os.Getenv(envSDKDisabled), "true") }
 
 // defaultServiceName is service.name unless OTEL_SERVICE_NAME or
 // OTEL_RESOURCE_ATTRIBUTES says otherwise.

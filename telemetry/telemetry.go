@@ -21,8 +21,10 @@ import (
 	"go.opentelemetry.io/contrib/instrumentation/runtime"
 	otellog "go.opentelemetry.io/otel/log"
 	"go.opentelemetry.io/otel/metric"
+	noopmetric "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/wsd-dev/wsd/service"
 )
@@ -103,6 +105,19 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Telemetry, error) {
 
 	traces, metrics, logs := "given", "given", "given"
 	tp, mp, lp := o.tp, o.mp, o.lp
+	if sdkDisabled() {
+		// OTEL_SDK_DISABLED=true: no-op providers for every signal not
+		// given as an option; no /metrics.
+		if tp == nil {
+			tp, traces = tracenoop.NewTracerProvider(), "disabled"
+		}
+		if mp == nil {
+			mp, metrics = noopmetric.NewMeterProvider(), "disabled"
+		}
+		if lp == nil {
+			logs = "disabled"
+		}
+	}
 	var err error
 	if tp == nil {
 		var p shutdownProvider[trace.TracerProvider]
@@ -120,7 +135,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Telemetry, error) {
 		mp = p.provider
 		t.shutdown = append(t.shutdown, p.shutdown)
 	}
-	if lp == nil {
+	if lp == nil && logs != "disabled" {
 		var p shutdownProvider[otellog.LoggerProvider]
 		if p, logs, err = b.loggerProvider(); err != nil {
 			return fail(err)
