@@ -2,6 +2,8 @@ package service
 
 import (
 	"net"
+	"sync/atomic"
+	"time"
 	"unicode/utf8"
 )
 
@@ -136,23 +138,56 @@ func truncateReason(s string) string {
 	return s
 }
 
-// closeReplyConn is the net.Conn gws writes to. It fills one gap in gws
-// (v1.8): gws answers a close frame whose reason is not UTF-8 with 1007,
-// where RFC 6455 §7.4 and wsd's contract say 1002 (the close frame itself
-// is malformed). gws writes that answer as a single 4-byte frame (final
-// close frame, 2-byte payload, no reason); no other close frame of gws or
-// wsd is a bare 1007 (gws's 1007 for a non-UTF-8 text message carries a
-// reason), so that exact write is recognised and its code rewritten.
-type closeReplyConn struct{ net.Conn }
+// closeLinger bounds how long a session that sent its close frame waits
+// for the peer's close frame before its socket is closed.
+const closeLinger = 2 * time.Second
+
+// gwsConn is the net.Conn gws writes to and closes. It fills two gaps in
+// gws (v1.8):
+//
+//   - gws answers a close frame whose reason is not UTF-8 with 1007,
+//     where RFC 6455 §7.4 and wsd's contract say 1002 (the close frame
+//     itself is malformed). gws writes that answer as a single 4-byte
+//     frame (final close frame, 2-byte payload, no reason); no other
+//     close frame of gws or wsd is a bare 1007 (gws's 1007 for a non-UTF-8
+//     text message carries a reason), so that exact write is recognised
+//     and its code rewritten.
+//   - gws closes the socket as soon as it has written a close frame.
+//     Closing a socket with unread input makes the kernel send a reset,
+//     and a reset makes the peer's kernel discard what it has not read
+//     yet, the close frame included: a client that was sending when wsd
+//     closed (mid-echo at shutdown) would see ECONNRESET, not 1001. When
+//     the session sets linger, Close only shuts the write side (FIN after
+//     the close frame) and bounds the read side by closeLinger: gws's
+//     read loop keeps reading (the session discards data) until the
+//     peer's close frame, EOF or the deadline, and the session's finish
+//     closes the socket for real.
+type gwsConn struct {
+	net.Conn
+	linger atomic.Bool
+}
 
 var (
 	bareClose1007 = [4]byte{0x88, 2, byte(CloseInvalidPayload >> 8), byte(CloseInvalidPayload & 0xff)}
 	bareClose1002 = [4]byte{0x88, 2, byte(CloseProtocolError >> 8), byte(CloseProtocolError & 0xff)}
 )
 
-func (c closeReplyConn) Write(p []byte) (int, error) {
+func (c *gwsConn) Write(p []byte) (int, error) {
 	if len(p) == len(bareClose1007) && [4]byte(p) == bareClose1007 {
 		return c.Conn.Write(bareClose1002[:])
 	}
 	return c.Conn.Write(p)
+}
+
+func (c *gwsConn) Close() error {
+	if c.linger.Load() {
+		inner := c.Conn
+		if tc, ok := inner.(*trackedConn); ok {
+			inner = tc.Conn
+		}
+		if cw, ok := inner.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+			return c.Conn.SetReadDeadline(time.Now().Add(closeLinger))
+		}
+	}
+	return c.Conn.Close()
 }

@@ -463,6 +463,7 @@ type gwsClient struct {
 	msgs   [][]byte
 	closed chan struct{}
 	code   uint16
+	err    error // what ended the read loop
 	onMsg  func([]byte)
 	pings  atomic.Int64
 }
@@ -482,6 +483,7 @@ func (c *gwsClient) OnMessage(_ *gws.Conn, m *gws.Message) {
 	}
 }
 func (c *gwsClient) OnClose(_ *gws.Conn, err error) {
+	c.err = err
 	var ce *gws.CloseError
 	if errors.As(err, &ce) {
 		c.code = ce.Code
@@ -616,4 +618,15 @@ func smallSendBuffer(s *Server) {
 			}
 		}
 	}
+}
+
+// sessionOfClient returns the server's session for the client end c.
+func sessionOfClient(ts *testServer, c net.Conn) *session {
+	var found *session
+	ts.sessions.each(nil, func(s *session) {
+		if s.remote.String() == c.LocalAddr().String() {
+			found = s
+		}
+	})
+	return found
 }

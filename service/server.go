@@ -295,7 +295,8 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, ep Endpoint, to
 	}
 	_ = nc.SetDeadline(time.Time{}) // net/http's header deadline no longer applies
 	// brw.Reader may already hold the client's first frames.
-	conn, err := s.upgrader.UpgradeFromConn(closeReplyConn{nc}, brw.Reader, r)
+	gc := &gwsConn{Conn: nc}
+	conn, err := s.upgrader.UpgradeFromConn(gc, brw.Reader, r)
 	if err != nil {
 		s.adm.release(ip) // gws answered 400 and closed the socket
 		s.obs.UpgradeRejected(r.Context(), r, RejectBadRequest)
@@ -307,7 +308,7 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, ep Endpoint, to
 
 	sess := &session{
 		srv: s, id: s.nextID.Add(1), endpoint: ep, topic: topic, remote: remote,
-		conn: conn, nc: nc, opened: time.Now(), dying: make(chan struct{}),
+		conn: conn, nc: nc, gc: gc, opened: time.Now(), dying: make(chan struct{}),
 		buf: newSendBuffer(&s.cfg.Backpressure, &s.load),
 	}
 	if lim := s.cfg.Limits; lim.MessageRate > 0 {
@@ -339,7 +340,7 @@ func (s *Server) register(sess *session) {
 }
 
 // unregister removes a session from every registry; called once, from
-// session.finish.
+// session.finish, which then calls s.wg.Done as its very last step.
 func (s *Server) unregister(sess *session) {
 	if sess.unsub != nil {
 		sess.unsub()
@@ -347,7 +348,6 @@ func (s *Server) unregister(sess *session) {
 	s.sessions.remove(sess)
 	s.endpointCounter(sess.endpoint).Add(-1)
 	s.adm.release(sess.remote.Addr().Unmap())
-	s.wg.Done()
 }
 
 func (s *Server) endpointCounter(ep Endpoint) *atomic.Int64 {

@@ -27,7 +27,8 @@ type session struct {
 	topic    string
 	remote   netip.AddrPort
 	conn     *gws.Conn
-	nc       net.Conn
+	nc       net.Conn // the socket; Close releases it
+	gc       *gwsConn // what gws holds: nc with a lingering Close
 	ctx      context.Context // carries the observer's span for logs
 	obs      SessionObserver
 	buf      *sendBuffer
@@ -93,9 +94,15 @@ func (h handler) OnMessage(c *gws.Conn, m *gws.Message) {
 		if v := recover(); v != nil {
 			s.srv.log.LogAttrs(s.ctx, slog.LevelError, "panic while handling a message; closing with 1011",
 				slog.Uint64("conn_id", s.id), slog.Any("panic", v))
-			s.closeWith(CloseInternalError, reasonInternalError, fmt.Errorf("panic: %v", v))
+			s.closeWith(CloseInternalError, reasonInternalError, fmt.Errorf("panic: %v", v), true)
 		}
 	}()
+	if s.isDying() {
+		// Data after wsd's close frame (read while lingering for the
+		// peer's close frame) is discarded: never echoed or published.
+		_ = m.Close()
+		return
+	}
 	s.touch()
 	n := m.Data.Len()
 	s.msgsIn.Add(1)
@@ -220,7 +227,7 @@ func (s *session) waitWhilePaused() {
 		s.touch() // the pause was not idleness
 	case <-s.dying:
 	case <-t.C:
-		s.closeWith(CloseTryAgainLater, reasonPausedTooLong, nil)
+		s.closeWith(CloseTryAgainLater, reasonPausedTooLong, nil, false)
 	}
 }
 
@@ -260,12 +267,13 @@ func (s *session) evictSlow(buffered int64) {
 	s.obs.SlowConsumer(buffered)
 	s.srv.log.LogAttrs(s.ctx, slog.LevelWarn, "slow consumer evicted",
 		slog.Uint64("conn_id", s.id), slog.Int64("buffered_bytes", buffered))
-	go s.writeClose(CloseTryAgainLater, reasonSlowConsumer)
+	go s.writeClose(CloseTryAgainLater, reasonSlowConsumer, false)
 }
 
-// closeWith sends a close frame with code and closes the connection.
-// Only the first server-side close of a session takes effect.
-func (s *session) closeWith(code uint16, reason string, err error) {
+// closeWith sends a close frame with code and closes the connection
+// (see writeClose for linger). Only the first server-side close of a
+// session takes effect.
+func (s *session) closeWith(code uint16, reason string, err error, linger bool) {
 	first := false
 	s.endOnce.Do(func() {
 		first = true
@@ -273,17 +281,23 @@ func (s *session) closeWith(code uint16, reason string, err error) {
 		close(s.dying)
 	})
 	if first {
-		s.writeClose(code, reason)
+		s.writeClose(code, reason, linger)
 	}
 }
 
-// writeClose sends the close frame (gws then closes the socket). The
-// deadline bounds the wait for a writer stuck on a peer that stopped
-// reading.
-func (s *session) writeClose(code uint16, reason string) {
+// writeClose sends the close frame. The deadline bounds the wait for a
+// writer stuck on a peer that stopped reading. With linger, a close
+// frame that went out is followed by a wait (up to closeLinger) for the
+// peer's close frame, so that a peer still sending gets the frame, not a
+// reset (see gwsConn); without, or if the frame could not be written,
+// the socket is closed at once: for peers that are silent or not
+// reading, waiting would only hold the descriptor.
+func (s *session) writeClose(code uint16, reason string, linger bool) {
 	_ = s.nc.SetWriteDeadline(time.Now().Add(min(time.Second, s.srv.cfg.Backpressure.WriteTimeout)))
-	_ = s.conn.WriteClose(code, []byte(truncateReason(reason)))
-	_ = s.nc.Close()
+	s.gc.linger.Store(linger)
+	if err := s.conn.WriteClose(code, []byte(truncateReason(reason))); err != nil || !linger {
+		_ = s.nc.Close()
+	}
 }
 
 // abort closes the socket without a close frame (the peer cannot receive
@@ -300,7 +314,7 @@ func (s *session) abort(reason string, err error) {
 // shutdown loses no echo that was read before it.
 func (s *session) goAway() {
 	s.goAwayOne.Do(func() {
-		s.conn.Async(func() { s.closeWith(CloseGoingAway, reasonShutdown, nil) })
+		s.conn.Async(func() { s.closeWith(CloseGoingAway, reasonShutdown, nil, true) })
 	})
 }
 
@@ -310,12 +324,15 @@ func (s *session) heartbeatTimeout() {
 	s.srv.counters.heartbeatTimeouts.Add(1)
 	s.obs.HeartbeatTimeout()
 	s.srv.log.LogAttrs(s.ctx, slog.LevelInfo, "heartbeat timeout", slog.Uint64("conn_id", s.id))
-	go s.closeWith(CloseHeartbeatTimeout, reasonHeartbeat, nil)
+	go s.closeWith(CloseHeartbeatTimeout, reasonHeartbeat, nil, false)
 }
 
 // finish runs once, when gws's read loop ends: it classifies the close,
 // releases every resource and logs one line.
 func (s *session) finish(err error) {
+	// Done last: Serve must not return (and the process exit) before the
+	// observer's Closed and the close log line of every session.
+	defer s.srv.wg.Done()
 	info := CloseInfo{Duration: time.Since(s.opened), Err: err}
 	var ce *gws.CloseError
 	s.endOnce.Do(func() { close(s.dying) }) // wakes a paused reader; no-op if closing
