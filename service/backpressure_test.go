@@ -188,6 +188,15 @@ func TestEchoLosslessUnderPause(t *testing.T) {
 	if snap.events[BackpressurePause] != snap.events[BackpressureResume] {
 		t.Fatalf("pauses %d != resumes %d after draining", snap.events[BackpressurePause], snap.events[BackpressureResume])
 	}
+	// No flapping: between two pauses the buffer must drain from
+	// pause_bytes to below resume_bytes, so at most total/(pause-resume)
+	// pauses fit in the stream; a threshold without hysteresis flips
+	// about once per message (count of them).
+	bp := ts.cfg.Backpressure
+	if limit := int(total / (bp.PauseBytes - bp.ResumeBytes)); snap.events[BackpressurePause] > limit {
+		t.Fatalf("%d pauses for %d messages: flapping (hysteresis allows at most %d)", snap.events[BackpressurePause], count, limit)
+	}
+	t.Logf("%d MiB echoed in %d messages: %d pause/resume cycles, peak buffered %d", total>>20, count, snap.events[BackpressurePause], peakBuffered)
 	st := ts.Load()
 	if st.Paused != 0 || st.BufferedBytes != 0 {
 		t.Fatalf("after drain: %+v", st)
