@@ -115,18 +115,21 @@ func WithHandshakeTimeout(d time.Duration) DialOption {
 type Conn struct {
 	nc    net.Conn
 	br    *bufio.Reader
-	paced *pacedConn // nil: reads are not paced
-	wmu sync.Mutex
+	paced *pacedConn  // nil: reads are not paced
+	stop  func() bool // unregisters the close-on-cancel hook
+	wmu   sync.Mutex
 	// AutoPong answers pings while reading (default true). A silent peer
 	// turns it off.
 	autoPong bool
 }
 
 // Dial connects to rawURL (ws://host:port/path) and performs the
-// upgrade. A refused upgrade returns *HandshakeError; a connection the
-// server closes before answering returns an error wrapping io.EOF or
-// ECONNRESET.
+// upgrade. The connection lives within ctx: cancelling ctx closes it, so
+// an injector stops promptly on SIGINT. A refused upgrade returns
+// *HandshakeError; a connection the server closes before answering
+// returns an error wrapping io.EOF or ECONNRESET.
 func Dial(ctx context.Context, rawURL string, opts ...DialOption) (*Conn, error) {
+	parent := ctx
 	cfg := dialConfig{timeout: 10 * time.Second}
 	for _, o := range opts {
 		o(&cfg)
@@ -175,6 +178,7 @@ func Dial(ctx context.Context, rawURL string, opts ...DialOption) (*Conn, error)
 		return nil, err
 	}
 	_ = nc.SetDeadline(time.Time{})
+	c.stop = context.AfterFunc(parent, func() { _ = nc.Close() })
 	return c, nil
 }
 
@@ -388,7 +392,16 @@ func (c *Conn) ReadUntilClose(timeout time.Duration) (code uint16, msgs int, err
 }
 
 // Close closes the socket (a FIN, no close frame).
-func (c *Conn) Close() error { return c.nc.Close() }
+func (c *Conn) Close() error {
+	c.release()
+	return c.nc.Close()
+}
+
+func (c *Conn) release() {
+	if c.stop != nil {
+		c.stop()
+	}
+}
 
 // CloseGracefully sends close 1000 and waits briefly for the server's
 // close frame before closing the socket.
@@ -397,7 +410,7 @@ func (c *Conn) CloseGracefully(wait time.Duration) error {
 	if err == nil {
 		_, _, _ = c.ReadUntilClose(wait)
 	}
-	return errors.Join(err, c.nc.Close())
+	return errors.Join(err, c.Close())
 }
 
 // Abort resets the connection: SO_LINGER 0 makes close send an RST, the
@@ -406,7 +419,7 @@ func (c *Conn) Abort() error {
 	if tc, ok := c.nc.(*net.TCPConn); ok {
 		_ = tc.SetLinger(0)
 	}
-	return c.nc.Close()
+	return c.Close()
 }
 
 // pacedConn limits the byte rate of reads (a slow consumer).
