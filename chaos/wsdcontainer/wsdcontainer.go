@@ -169,11 +169,12 @@ type ExitState struct {
 	Running   bool
 	ExitCode  int
 	OOMKilled bool
-	// Duration is from StartedAt to FinishedAt (0 while running).
+	// StartedAt and FinishedAt are the engine's timestamps (FinishedAt is
+	// zero while running).
 	StartedAt, FinishedAt time.Time
 }
 
-// State returns the container's run state, including Docker's OOMKilled
+// ExitState returns the container's run state, including Docker's OOMKilled
 // flag: true when the memory limit killed wsd.
 func (c *Container) ExitState(ctx context.Context) (ExitState, error) {
 	insp, err := c.docker.ContainerInspect(ctx, c.GetContainerID(), client.ContainerInspectOptions{})
@@ -187,7 +188,7 @@ func (c *Container) ExitState(ctx context.Context) (ExitState, error) {
 	return es, nil
 }
 
-// Logs returns the container's output so far (for failure messages).
+// LogText returns the container's output so far (for failure messages).
 func (c *Container) LogText(ctx context.Context) string {
 	rc, err := c.Logs(ctx)
 	if err != nil {

@@ -1,0 +1,67 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"slices"
+	"testing"
+
+	"github.com/moby/moby/client"
+
+	"github.com/wsd-dev/wsd/chaos/images"
+)
+
+// TestImagesAreCachedByContentHash: a second build of the same content
+// returns the same tag without building (the image's creation time does
+// not change), and FromBinary applies its ENV and EXPOSE options.
+func TestImagesAreCachedByContentHash(t *testing.T) {
+	requireDocker(t)
+	ctx := t.Context()
+	first, err := images.Wsd(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := client.New(client.FromEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	before, err := cli.ImageInspect(ctx, first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := images.Wsd(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, err := cli.ImageInspect(ctx, second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first != second || before.ID != after.ID || before.Created != after.Created {
+		t.Errorf("rebuilt: %s %s (%s) → %s %s (%s)", first, before.ID, before.Created, second, after.ID, after.Created)
+	}
+
+	bin, err := images.GoBinary(ctx, "./cmd/wschaos")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag, err := images.FromBinary(ctx, bin, "wschaos-test", images.WithEnv("WSCHAOS_TEST", "1"), images.WithExpose("7777/tcp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = cli.ImageRemove(t.Context(), tag, client.ImageRemoveOptions{}) })
+	insp, err := cli.ImageInspect(ctx, tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(insp.Config.Env, "WSCHAOS_TEST=1") {
+		t.Errorf("env %v lacks WSCHAOS_TEST=1", insp.Config.Env)
+	}
+	if _, ok := insp.Config.ExposedPorts["7777/tcp"]; !ok {
+		t.Errorf("exposed ports %v lack 7777/tcp", insp.Config.ExposedPorts)
+	}
+	if len(insp.Config.Entrypoint) != 1 || insp.Config.Entrypoint[0] != "/wschaos" || insp.Config.User != "65534:65534" {
+		t.Errorf("entrypoint %v user %q", insp.Config.Entrypoint, insp.Config.User)
+	}
+}
