@@ -164,7 +164,7 @@ func TestCheckResultsRejectsEmptyFigures(t *testing.T) {
 	if err == nil {
 		t.Fatal("accepted")
 	}
-	for _, want := range []string{"x: ratio NaN", "no CPU or latency", "fan-out wsd"} {
+	for _, want := range []string{"x: ratio NaN", "no CPU or latency", "fan-out wsd", "no GET /metrics", "no spans"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q lacks %q", err, want)
 		}

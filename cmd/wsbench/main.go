@@ -180,6 +180,13 @@ func checkResults(r *Results) error {
 			}
 		}
 	}
+	// Telemetry on must really be on, or row 6 compares nothing.
+	if r.MetricsScrapes == 0 {
+		errs = append(errs, errors.New("telemetry-on wsd answered no GET /metrics"))
+	}
+	if r.OTLPRequests == 0 {
+		errs = append(errs, errors.New("telemetry-on wsd exported no spans to the OTLP sink"))
+	}
 	for _, f := range r.Isolation {
 		if f.DeliveryRatio < 0.9 {
 			errs = append(errs, fmt.Errorf("isolation: fast subscribers received %.2f of the messages", f.DeliveryRatio))
