@@ -1,6 +1,8 @@
 package service
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"sync/atomic"
 	"syscall"
@@ -51,11 +53,19 @@ func newFDGuard(headroom float64) *fdGuard {
 	return g
 }
 
-// sample re-reads the open descriptor count.
+// sample re-reads the open descriptor count. When the count cannot be
+// read because the process is out of descriptors, that is the answer:
+// the guard records the limit as reached, so admission and the accept
+// guard refuse until a later sample succeeds (else a stale, low sample
+// would admit connections into EMFILE).
 func (g *fdGuard) sample() {
 	g.sampled.Store(time.Now().UnixNano())
-	if n, ok := countOpenFDs(); ok {
+	n, err := readOpenFDs()
+	switch {
+	case err == nil:
 		g.other.Store(max(0, int64(n)-g.public.Load()))
+	case errors.Is(err, syscall.EMFILE), errors.Is(err, syscall.ENFILE):
+		g.other.Store(max(0, g.limit-g.public.Load()))
 	}
 }
 
@@ -85,14 +95,20 @@ func (g *fdGuard) over(limit int64) bool {
 // /debug/stats, never per request. The descriptor used to read the
 // directory is not counted.
 func countOpenFDs() (int, bool) {
+	n, err := readOpenFDs()
+	return n, err == nil
+}
+
+// readOpenFDs is countOpenFDs with the reason it failed.
+func readOpenFDs() (int, error) {
 	d, err := os.Open("/proc/self/fd")
 	if err != nil {
-		return 0, false
+		return 0, fmt.Errorf("count open descriptors: %w", err)
 	}
 	defer d.Close()
 	names, err := d.Readdirnames(-1)
 	if err != nil {
-		return 0, false
+		return 0, fmt.Errorf("count open descriptors: %w", err)
 	}
-	return len(names) - 1, true
+	return len(names) - 1, nil
 }

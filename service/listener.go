@@ -25,6 +25,7 @@ import (
 type guardedListener struct {
 	net.Listener
 	fd            *fdGuard // nil: no descriptor accounting (admin)
+	pressure      *fdGuard // re-sampled when accept fails with EMFILE/ENFILE
 	maxHandshakes int64    // 0: no cap (admin)
 	handshakes    atomic.Int64
 	refused       atomic.Int64 // closed at accept (caps)
@@ -69,6 +70,9 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 				return nil, err
 			}
 			l.onError(errno)
+			if l.pressure != nil {
+				l.pressure.sample() // the guard learns at once, not at the next tick
+			}
 			backoff = min(max(2*backoff, 5*time.Millisecond), 500*time.Millisecond)
 			l.shedPending(errno, backoff)
 			time.Sleep(backoff)

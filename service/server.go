@@ -119,6 +119,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	s.publicLn = newGuardedListener(pl, s.fd, s.cfg.Limits.MaxHandshakes, s.log, s.obs.AcceptError)
 	s.adminLn = newGuardedListener(al, nil, 0, s.log, s.obs.AcceptError)
+	s.publicLn.pressure, s.adminLn.pressure = s.fd, s.fd
 
 	errLog := slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)
 	hs := s.cfg.Limits.HandshakeTimeout
