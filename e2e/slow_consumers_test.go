@@ -21,15 +21,20 @@ func TestSlowConsumers(t *testing.T) {
 }
 
 func slowConsumers(t *testing.T, policy string) {
-	const fast, slow, messages, size = 8, 8, 3000, 1024
+	// A fast subscriber has max_bytes / publish rate (512 KiB at
+	// 400 KiB/s: over a second) of slack before it would count as slow,
+	// so a loaded CI machine does not evict it; a slow one is sent 4 MiB,
+	// more than the kernel buffers on the path (about 1.5 MiB through
+	// Docker's port proxy) plus max_bytes.
+	const fast, slow, messages, size, rate = 8, 8, 4000, 1024, 400
 	topic := "chaos-slow-" + policy
 	s := startStack(t, "slow-consumers-"+policy,
-		fmt.Sprintf("%d fast and %d slow subscribers on one topic; a publisher sends %d × %d B. Policy %q.", fast, slow, messages, size, policy),
+		fmt.Sprintf("%d fast and %d slow subscribers on one topic; a publisher sends %d × %d B at %d/s. Policy %q.", fast, slow, messages, size, rate, policy),
 		stackOpts{conns: fast + slow + 2, config: map[string]string{
-			"backpressure.warn_bytes":    "32768",
-			"backpressure.pause_bytes":   "65536",
-			"backpressure.resume_bytes":  "32768",
-			"backpressure.max_bytes":     "131072",
+			"backpressure.warn_bytes":    "131072",
+			"backpressure.pause_bytes":   "262144",
+			"backpressure.resume_bytes":  "131072",
+			"backpressure.max_bytes":     "524288",
 			"backpressure.slow_consumer": policy,
 		}})
 	s.res.Fault("%d subscribers reading at 2 KiB/s through a 4 KiB SO_RCVBUF", slow)
@@ -39,7 +44,7 @@ func slowConsumers(t *testing.T, policy string) {
 	}
 	out, err := chaos.SlowConsumers(s.ctx, s.target, chaos.TopicConfig{
 		Topic: topic, Fast: fast, Slow: slow, Messages: messages, Size: size,
-		SlowReadRate: 2048, SlowRecvBuffer: 4096, PublishRate: 500,
+		SlowReadRate: 2048, SlowRecvBuffer: 4096, PublishRate: rate,
 	})
 	if err != nil {
 		s.fatal("slow consumers: %v", err)
