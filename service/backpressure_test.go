@@ -29,7 +29,7 @@ func TestSendBufferHysteresis(t *testing.T) {
 		{"no flapping between resume and pause", []step{
 			{1000, transWarn | transPause},
 			{-400, 0}, {399, 0}, {-399, 0}, {300, 0}, {-300, 0}, // 600..999: stays paused
-			{-101, transResume}, // 499 < 500
+			{-101, transResume},           // 499 < 500
 			{400, 0}, {-400, 0}, {500, 0}, // 499..999 again: stays running
 			{1, transPause},
 		}},

@@ -27,8 +27,8 @@ type session struct {
 	topic    string
 	remote   netip.AddrPort
 	conn     *gws.Conn
-	nc       net.Conn // the socket; Close releases it
-	gc       *gwsConn // what gws holds: nc with a lingering Close
+	nc       net.Conn        // the socket; Close releases it
+	gc       *gwsConn        // what gws holds: nc with a lingering Close
 	ctx      context.Context // carries the observer's span for logs
 	obs      SessionObserver
 	buf      *sendBuffer
