@@ -52,15 +52,17 @@ func TestChurnAndPeers(t *testing.T) {
 	}
 	// Silent peers are reaped by the heartbeat; live ones are not.
 	silent, err := OpenPeers(t.Context(), tg.EchoURL(), 5, PeerSilent)
+	if err != nil {
+		silent.Close() // the ones opened before the error
+		t.Fatal(err)
+	}
 	defer silent.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
 	live, err := OpenPeers(t.Context(), tg.EchoURL(), 5, PeerLive)
-	defer live.Close()
 	if err != nil {
+		live.Close() // the ones opened before the error
 		t.Fatal(err)
 	}
+	defer live.Close()
 	if err := Poll(t.Context(), 10*time.Second, 50*time.Millisecond, func() error {
 		st, err := tg.Admin.Stats(t.Context())
 		if err != nil {

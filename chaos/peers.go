@@ -35,7 +35,8 @@ const (
 )
 
 // OpenPeers opens n connections to url in the given mode. It stops at
-// the first dial error and returns the peers opened so far with it.
+// the first dial error and returns the peers opened so far (never nil)
+// with it.
 func OpenPeers(ctx context.Context, url string, n int, mode PeerMode, opts ...DialOption) (*Peers, error) {
 	p := &Peers{codes: map[uint16]int{}}
 	for i := 0; i < n; i++ {

@@ -77,13 +77,13 @@ type RawConns struct{ conns []net.Conn }
 
 // OpenRaw opens n TCP connections to the host of wsURL and sends nothing.
 // Connections the server refuses at once still count: they are the
-// point.
+// point. On error it returns the connections opened so far (never nil).
 func OpenRaw(ctx context.Context, wsURL string, n int) (*RawConns, error) {
+	r := &RawConns{}
 	u, err := url.Parse(wsURL)
 	if err != nil {
-		return nil, fmt.Errorf("parse %q: %w", wsURL, err)
+		return r, fmt.Errorf("parse %q: %w", wsURL, err)
 	}
-	r := &RawConns{}
 	d := net.Dialer{Timeout: 5 * time.Second}
 	for i := 0; i < n; i++ {
 		c, err := d.DialContext(ctx, "tcp", u.Host)

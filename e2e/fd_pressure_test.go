@@ -30,10 +30,11 @@ func TestFDPressure(t *testing.T) {
 	s.res.Fault("container RLIMIT_NOFILE %d", nofile)
 
 	established, err := chaos.OpenPeers(s.ctx, s.target.EchoURL(), survivors, chaos.PeerIdle)
-	defer established.Close()
 	if err != nil {
+		established.Close() // the ones opened before the error
 		s.fatal("established sessions: %v", err)
 	}
+	defer established.Close()
 
 	// Admin probe: /healthz and /debug/stats every 100ms throughout.
 	var probes, probeFails atomic.Int64
@@ -67,10 +68,11 @@ func TestFDPressure(t *testing.T) {
 
 	s.res.Fault("%d raw TCP connections that never send a request", raw)
 	rawConns, err := chaos.OpenRaw(s.ctx, s.target.WS, raw)
-	defer rawConns.Close()
 	if err != nil {
+		rawConns.Close() // the ones opened before the error
 		s.fatal("raw connections: %v", err)
 	}
+	defer rawConns.Close()
 	s.res.Fault("%d upgrade attempts, 50 concurrent, each allowed 10s to resolve", attempts)
 	storm, held := chaos.Storm(s.ctx, s.target.EchoURL(), attempts, 50, 10*time.Second)
 	defer held.Close()

@@ -40,10 +40,11 @@ func TestHalfOpenPeers(t *testing.T) {
 			s.fatal("stats: %v", err)
 		}
 		peers, err := chaos.OpenPeers(s.ctx, s.proxied.EchoURL(), n, chaos.PeerLive)
-		defer peers.Close()
 		if err != nil {
+			peers.Close() // the ones opened before the error
 			s.fatal("%s: open peers: %v", phase, err)
 		}
+		defer peers.Close()
 		if err := chaos.Poll(s.ctx, 10*time.Second, 50*time.Millisecond, func() error {
 			st, err := s.target.Admin.Stats(s.ctx)
 			if err != nil {

@@ -88,10 +88,11 @@ func TestNetworkFaults(t *testing.T) {
 			s.fatal("stats: %v", err)
 		}
 		peers, err := chaos.OpenPeers(s.ctx, via, n, chaos.PeerLive)
-		defer peers.Close()
 		if err != nil {
+			peers.Close() // the ones opened before the error
 			s.fatal("%s: %v", phase, err)
 		}
+		defer peers.Close()
 		inject()
 		// Traffic through the toxics: three 1 KiB echoes per peer (the
 		// readers consume the answers).

@@ -23,16 +23,18 @@ func TestGracefulShutdown(t *testing.T) {
 			"shutdown.drain_timeout": drain.String(),
 		}})
 	echoPeers, err := chaos.OpenPeers(s.ctx, s.target.EchoURL(), echo, chaos.PeerLive)
-	defer echoPeers.Close()
 	if err != nil {
+		echoPeers.Close() // the ones opened before the error
 		s.fatal("echo clients: %v", err)
 	}
+	defer echoPeers.Close()
 	topic := "chaos-shutdown"
 	subPeers, err := chaos.OpenPeers(s.ctx, s.target.TopicURL(topic), subs, chaos.PeerLive)
-	defer subPeers.Close()
 	if err != nil {
+		subPeers.Close() // the ones opened before the error
 		s.fatal("subscribers: %v", err)
 	}
+	defer subPeers.Close()
 	pub, err := chaos.Dial(s.ctx, s.target.TopicURL(topic))
 	if err != nil {
 		s.fatal("publisher: %v", err)

@@ -46,13 +46,12 @@ const ToxiproxyPackage = "github.com/Shopify/toxiproxy/v2/cmd/server"
 type Option func(*spec)
 
 type spec struct {
-	env     [][2]string
-	expose  []string
-	user    string
-	cmd     []string
-	entry   string
-	extra   []string
-	context map[string][]byte // extra files in the build context
+	env    [][2]string
+	expose []string
+	user   string
+	cmd    []string
+	entry  string
+	extra  []string
 }
 
 // WithEnv adds an ENV line to the image.
