@@ -64,11 +64,16 @@ type Params struct {
 	MetricsScrapeEveryS                      float64
 }
 
+// suiteParams sizes a run. Every load keeps each connection below wsd's
+// default limits.message_rate (1000 msgs/s per connection, shaped, left
+// on): closed loop ~100/s per connection, open loop ~400/s, publisher
+// 4 and 100/s. A closed loop over few connections would hit the shaping
+// and measure the protection, not the cost.
 func suiteParams(smoke bool, maxIdle int) params {
 	if smoke {
 		return params{
 			Rounds:           1,
-			Closed:           echoConfig{conns: 20, inflight: 2, size: 1024, warmup: 300 * time.Millisecond, window: 700 * time.Millisecond},
+			Closed:           echoConfig{conns: 100, inflight: 1, size: 1024, warmup: 300 * time.Millisecond, window: 700 * time.Millisecond},
 			OpenConns:        10,
 			OpenRateFraction: 0.2,
 			OpenWarmup:       300 * time.Millisecond,
