@@ -129,3 +129,31 @@ func TestParseMetrics(t *testing.T) {
 		t.Errorf("parsed %v", m)
 	}
 }
+
+func TestMetricHelpers(t *testing.T) {
+	m := parseMetrics(`wsd_connections_closed_total{otel_scope_name="x",ws_close_code="1000",ws_endpoint="echo"} 3
+wsd_connections_closed_total{otel_scope_name="x",ws_close_code="invalid",ws_endpoint="topic"} 2
+wsd_connections_active{ws_endpoint="echo"} 1
+wsd_connections_active{ws_endpoint="topic"} 4
+`)
+	if got := sumMetric(m, "wsd_connections_active"); got != 5 {
+		t.Errorf("sum = %g", got)
+	}
+	if got := sumMetric(m, "wsd_messages_dropped_total"); got != 0 {
+		t.Errorf("absent metric sums to %g", got)
+	}
+	if got := labelValues(m, "wsd_connections_closed_total", "ws_close_code"); len(got) != 2 || got[0] != "1000" || got[1] != "invalid" {
+		t.Errorf("labels %v", got)
+	}
+	allowed := closeCodeLabels()
+	for _, v := range []string{"1000", "1002", "1006", "4000", "private", "invalid"} {
+		if !allowed[v] {
+			t.Errorf("%s not allowed", v)
+		}
+	}
+	for _, v := range []string{"999", "2999", "5000", "3000"} {
+		if allowed[v] {
+			t.Errorf("raw client code %s allowed as a label", v)
+		}
+	}
+}
