@@ -3,7 +3,9 @@ package service
 import (
 	"encoding/binary"
 	"fmt"
+	"log/slog"
 	"runtime"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -197,6 +199,27 @@ func TestEchoLosslessUnderPause(t *testing.T) {
 		t.Fatalf("%d pauses for %d messages: flapping (hysteresis allows at most %d)", snap.events[BackpressurePause], count, limit)
 	}
 	t.Logf("%d MiB echoed in %d messages: %d pause/resume cycles, peak buffered %d", total>>20, count, snap.events[BackpressurePause], peakBuffered)
+	// Every transition is logged with the connection and its buffer.
+	for _, l := range []struct {
+		level slog.Level
+		msg   string
+		n     int
+		ok    func(b int64) bool
+	}{
+		{slog.LevelWarn, "send buffer above warn level", snap.events[BackpressureWarn], func(b int64) bool { return b >= bp.WarnBytes }},
+		{slog.LevelWarn, "send buffer critical: reading paused", snap.events[BackpressurePause], func(b int64) bool { return b >= bp.PauseBytes }},
+		{slog.LevelInfo, "send buffer drained: reading resumed", snap.events[BackpressureResume], func(b int64) bool { return b < bp.ResumeBytes }},
+	} {
+		lines := ts.logs.find(l.level, l.msg, map[string]string{"conn_id": "1"})
+		if len(lines) != l.n {
+			t.Fatalf("%d %q lines, want %d", len(lines), l.msg, l.n)
+		}
+		for _, line := range lines {
+			if b, err := strconv.ParseInt(line.attrs["buffered_bytes"], 10, 64); err != nil || !l.ok(b) {
+				t.Fatalf("%q with buffered_bytes=%q", l.msg, line.attrs["buffered_bytes"])
+			}
+		}
+	}
 	st := ts.Load()
 	if st.Paused != 0 || st.BufferedBytes != 0 {
 		t.Fatalf("after drain: %+v", st)
