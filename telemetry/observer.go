@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -212,6 +213,11 @@ func (s *session) CloseReceived(code uint16, valid bool) {
 // code label and initiator, records the duration, and ends the span with
 // the close attributes and status (see spanStatus).
 func (s *session) Closed(info service.CloseInfo) {
+	// The reason is the client's raw bytes. OTLP strings must be UTF-8:
+	// one invalid attribute makes the protobuf exporter reject the whole
+	// batch, losing every span in it (found by the compose demo's abuse
+	// clients; e2e TestTracesLandInJaeger checks it).
+	info.Reason = strings.ToValidUTF8(info.Reason, "\uFFFD")
 	in := s.t.inst
 	label := info.CodeLabel
 	if label == "" {
