@@ -51,6 +51,12 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 		fmt.Fprintf(os.Stderr, "e2e: skipping every scenario, no Docker engine: %v (set CI=true to make this a failure)\n", dockerErr)
+	} else {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		if n, err := images.RemoveOrphans(ctx); err != nil || n > 0 {
+			fmt.Fprintf(os.Stderr, "e2e: removed %d containers/networks left by a crashed run (%v)\n", n, err)
+		}
+		cancel()
 	}
 	code := m.Run()
 	if len(results) > 0 {
@@ -169,7 +175,7 @@ func startStack(t *testing.T, name, description string, o stackOpts) *stack {
 	if err != nil {
 		t.Fatalf("build images: %v", err)
 	}
-	nw, err := network.New(ctx)
+	nw, err := network.New(ctx, network.WithLabels(images.SessionLabels()))
 	testcontainers.CleanupNetwork(t, nw)
 	if err != nil {
 		t.Fatalf("create network: %v", err)

@@ -3,10 +3,15 @@
 package e2e
 
 import (
+	"os"
+	"os/exec"
 	"slices"
+	"strconv"
 	"testing"
 
 	"github.com/moby/moby/client"
+	"github.com/testcontainers/testcontainers-go"
+	"github.com/testcontainers/testcontainers-go/network"
 
 	"github.com/wsd-dev/wsd/chaos/images"
 )
@@ -63,5 +68,45 @@ func TestImagesAreCachedByContentHash(t *testing.T) {
 	}
 	if len(insp.Config.Entrypoint) != 1 || insp.Config.Entrypoint[0] != "/wschaos" || insp.Config.User != "65534:65534" {
 		t.Errorf("entrypoint %v user %q", insp.Config.Entrypoint, insp.Config.User)
+	}
+}
+
+// TestRemoveOrphansSweepsOnlyDeadOwners: resources labelled by a process
+// that has exited are removed; those of a live process are kept.
+func TestRemoveOrphansSweepsOnlyDeadOwners(t *testing.T) {
+	requireDocker(t)
+	ctx := t.Context()
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	labels := func(pid int) map[string]string {
+		l := images.SessionLabels()
+		l[images.LabelPID] = strconv.Itoa(pid)
+		return l
+	}
+	orphan, err := network.New(ctx, network.WithLabels(labels(dead.Process.Pid)))
+	testcontainers.CleanupNetwork(t, orphan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alive, err := network.New(ctx, network.WithLabels(labels(os.Getppid())))
+	testcontainers.CleanupNetwork(t, alive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := images.RemoveOrphans(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cli, err := client.New(client.FromEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	if _, err := cli.NetworkInspect(ctx, orphan.ID, client.NetworkInspectOptions{}); err == nil {
+		t.Error("the dead owner's network is still there")
+	}
+	if _, err := cli.NetworkInspect(ctx, alive.ID, client.NetworkInspectOptions{}); err != nil {
+		t.Errorf("the live owner's network was removed: %v", err)
 	}
 }

@@ -112,10 +112,15 @@ func TestTracesLandInJaeger(t *testing.T) {
 	// those counters.
 	pausedTrace := jtPauseResume(ctx, t, target, admin)
 	evictedTrace := jtSlowConsumer(ctx, t, target, admin)
-	invalidTrace := jtInvalidClose(ctx, t, target)
+	invalidTrace := jtInvalidClose(ctx, t, target, 999, "")
+	// A close reason that is not UTF-8 is client-controlled bytes that
+	// end up in a span attribute: OTLP requires UTF-8 strings, and one bad
+	// string must not make the exporter drop the whole batch with it.
+	badReasonTrace := jtInvalidClose(ctx, t, target, 1000, "bye\xff\xfe")
 	silentTrace := jtSilent(ctx, t, target)
 
-	want := map[string]string{pausedTrace: "paused", evictedTrace: "evicted", invalidTrace: "invalid close", silentTrace: "silent"}
+	want := map[string]string{pausedTrace: "paused", evictedTrace: "evicted", invalidTrace: "invalid close code",
+		badReasonTrace: "non-UTF-8 close reason", silentTrace: "silent"}
 	spans := map[string]jaeger.Span{}
 	err = chaos.Poll(ctx, 2*time.Minute, time.Second, func() error {
 		svcs, err := j.Services(ctx)
@@ -222,6 +227,22 @@ func TestTracesLandInJaeger(t *testing.T) {
 		}
 		if c := jtIntField(t, ev[0], "ws.close.code"); c != 999 {
 			t.Errorf("close.received ws.close.code=%d, want 999", c)
+		}
+		if v, ok := ev[0].Field("ws.close.valid"); !ok || v.String() != "false" {
+			t.Errorf("close.received ws.close.valid=%v (present %v), want false", v.Value, ok)
+		}
+	})
+	t.Run("non-UTF-8 close reason", func(t *testing.T) {
+		sp := spans[badReasonTrace]
+		jtIntTag(t, sp, "ws.close.code", 1000)
+		jtTag(t, sp, "ws.close.initiator", "client")
+		jtTag(t, sp, "otel.status_code", "ERROR")
+		if r, ok := sp.Tag("ws.close.reason"); !ok || !strings.HasPrefix(r.String(), "bye") {
+			t.Errorf("ws.close.reason %q (present %v), want the client's reason with the bad bytes replaced", r.String(), ok)
+		}
+		ev := sp.Events("close.received")
+		if len(ev) != 1 {
+			t.Fatalf("events %v: want one close.received", jtEventNames(sp))
 		}
 		if v, ok := ev[0].Field("ws.close.valid"); !ok || v.String() != "false" {
 			t.Errorf("close.received ws.close.valid=%v (present %v), want false", v.Value, ok)
@@ -394,9 +415,10 @@ func jtSlowConsumer(ctx context.Context, t *testing.T, target chaos.Target, admi
 	return trace
 }
 
-// jtInvalidClose sends a close frame with code 999 (not allowed on the
-// wire, RFC 6455 §7.4) and expects 1002 back. It returns the trace id.
-func jtInvalidClose(ctx context.Context, t *testing.T, target chaos.Target) string {
+// jtInvalidClose sends a close frame that breaks RFC 6455 §7.4 (a code
+// not allowed on the wire, or a reason that is not UTF-8) and expects
+// 1002 back. It returns the trace id.
+func jtInvalidClose(ctx context.Context, t *testing.T, target chaos.Target, code uint16, reason string) string {
 	t.Helper()
 	trace, tp := jtTraceparent(t)
 	c, err := chaos.Dial(ctx, target.EchoURL(), chaos.WithHeader("traceparent", tp))
@@ -404,12 +426,12 @@ func jtInvalidClose(ctx context.Context, t *testing.T, target chaos.Target) stri
 		t.Fatalf("invalid closer: %v", err)
 	}
 	defer c.Close()
-	if err := c.WriteClose(999, ""); err != nil {
-		t.Fatalf("write close 999: %v", err)
+	if err := c.WriteClose(code, reason); err != nil {
+		t.Fatalf("write close %d %q: %v", code, reason, err)
 	}
-	code, _, err := c.ReadUntilClose(30 * time.Second)
-	if err != nil || code != 1002 {
-		t.Fatalf("after close 999 the server answered code %d (err %v), want 1002", code, err)
+	got, _, err := c.ReadUntilClose(30 * time.Second)
+	if err != nil || got != 1002 {
+		t.Fatalf("after close %d %q the server answered code %d (err %v), want 1002", code, reason, got, err)
 	}
 	return trace
 }

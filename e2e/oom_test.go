@@ -12,6 +12,7 @@ import (
 	"github.com/testcontainers/testcontainers-go/network"
 
 	"github.com/wsd-dev/wsd/chaos"
+	"github.com/wsd-dev/wsd/chaos/images"
 	"github.com/wsd-dev/wsd/chaos/wsdcontainer"
 )
 
@@ -29,7 +30,7 @@ func TestMemoryLimitTurnsALeakIntoADetectedOOMKill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nw, err := network.New(ctx)
+	nw, err := network.New(ctx, network.WithLabels(images.SessionLabels()))
 	testcontainers.CleanupNetwork(t, nw)
 	if err != nil {
 		t.Fatal(err)

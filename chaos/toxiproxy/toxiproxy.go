@@ -91,6 +91,8 @@ func Run(ctx context.Context, img string, opts ...testcontainers.ContainerCustom
 	}
 	all := append([]testcontainers.ContainerCustomizer{
 		testcontainers.WithExposedPorts(ports...),
+		// Found by images.RemoveOrphans if this process dies uncleanly.
+		testcontainers.WithLabels(images.SessionLabels()),
 		testcontainers.WithWaitStrategy(wait.ForHTTP("/version").WithPort(APIPort).
 			WithStartupTimeout(30 * time.Second).WithPollInterval(100 * time.Millisecond)),
 	}, opts...)

@@ -72,6 +72,8 @@ func Run(ctx context.Context, img string, opts ...testcontainers.ContainerCustom
 	images.ConfigureTestcontainers()
 	all := append([]testcontainers.ContainerCustomizer{
 		testcontainers.WithExposedPorts(PublicPort, AdminPort),
+		// Found by images.RemoveOrphans if this process dies uncleanly.
+		testcontainers.WithLabels(images.SessionLabels()),
 		// JSON logs at info: the suite reads them on failure.
 		testcontainers.WithEnv(map[string]string{"WSD_LOG__LEVEL": "info"}),
 		testcontainers.WithWaitStrategy(wait.ForHTTP("/healthz").WithPort(AdminPort).
