@@ -203,3 +203,23 @@ func TestSuiteSmoke(t *testing.T) {
 		}
 	}
 }
+
+// A burst of load in one round must not decide the figure: the ratio is
+// the median of the per-round ratios.
+func TestPairedRatio(t *testing.T) {
+	thr := func(e EchoResult) float64 { return e.Throughput }
+	rounds := map[string][]EchoResult{
+		"a": {{Throughput: 90}, {Throughput: 10}, {Throughput: 95}},
+		"b": {{Throughput: 100}, {Throughput: 100}, {Throughput: 100}},
+	}
+	if got := pairedRatio(rounds, "a", "b", thr, EchoResult{}, EchoResult{}); got != 0.9 {
+		t.Fatalf("paired ratio = %v, want 0.9", got)
+	}
+	// Without rounds: the ratio of the given results.
+	if got := pairedRatio(nil, "a", "b", thr, EchoResult{Throughput: 3}, EchoResult{Throughput: 4}); got != 0.75 {
+		t.Fatalf("ratio without rounds = %v, want 0.75", got)
+	}
+	if got := median([]int{5, 1, 4, 2}, func(v int) float64 { return float64(v) }); got != 2 {
+		t.Fatalf("median = %v, want the lower middle 2", got)
+	}
+}

@@ -91,12 +91,12 @@ func suiteParams(smoke bool, maxIdle int) params {
 		}
 	}
 	return params{
-		Rounds:           3,
-		Closed:           echoConfig{conns: 1000, inflight: 8, size: 1024, warmup: 2 * time.Second, window: 8 * time.Second},
+		Rounds:           5,
+		Closed:           echoConfig{conns: 1000, inflight: 8, size: 1024, warmup: 1500 * time.Millisecond, window: 5 * time.Second},
 		OpenConns:        100,
 		OpenRateFraction: 0.5,
-		OpenWarmup:       2 * time.Second,
-		OpenWindow:       8 * time.Second,
+		OpenWarmup:       1500 * time.Millisecond,
+		OpenWindow:       5 * time.Second,
 		IdleSteps:        steps,
 		Fanout:           fanoutConfig{subs: 10000, rate: 4, size: 1024, warmup: 2 * time.Second, window: 10 * time.Second, every: 500 * time.Millisecond},
 		Isolation:        fanoutConfig{subs: 500, slow: 50, rate: 100, size: 8192, warmup: 2 * time.Second, window: 15 * time.Second, every: 500 * time.Millisecond},
