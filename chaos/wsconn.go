@@ -51,6 +51,7 @@ type HandshakeError struct {
 	Body       string
 }
 
+// Error implements error.
 func (e *HandshakeError) Error() string {
 	return fmt.Sprintf("websocket upgrade refused: HTTP %d %s", e.Status, strings.TrimSpace(e.Body))
 }
@@ -62,6 +63,7 @@ type CloseError struct {
 	Reason string
 }
 
+// Error implements error.
 func (e *CloseError) Error() string {
 	return fmt.Sprintf("websocket closed by server: %d %q", e.Code, e.Reason)
 }
@@ -428,6 +430,7 @@ type pacedConn struct {
 	lim *rate.Limiter
 }
 
+// Read reads at most a burst of bytes once the limiter allows them.
 func (p *pacedConn) Read(b []byte) (int, error) {
 	if burst := p.lim.Burst(); len(b) > burst {
 		b = b[:burst]
