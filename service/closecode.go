@@ -139,7 +139,8 @@ func truncateReason(s string) string {
 }
 
 // closeLinger bounds how long a session that sent its close frame waits
-// for the peer's close frame before its socket is closed.
+// for the peer's close frame before its socket is closed (at shutdown,
+// drain_timeout bounds it instead).
 const closeLinger = 2 * time.Second
 
 // gwsConn is the net.Conn gws writes to and closes. It fills two gaps in
@@ -158,13 +159,13 @@ const closeLinger = 2 * time.Second
 //     yet, the close frame included: a client that was sending when wsd
 //     closed (mid-echo at shutdown) would see ECONNRESET, not 1001. When
 //     the session sets linger, Close only shuts the write side (FIN after
-//     the close frame) and bounds the read side by closeLinger: gws's
+//     the close frame) and bounds the read side by linger: gws's
 //     read loop keeps reading (the session discards data) until the
 //     peer's close frame, EOF or the deadline, and the session's finish
 //     closes the socket for real.
 type gwsConn struct {
 	net.Conn
-	linger atomic.Bool
+	linger atomic.Int64 // time.Duration; 0: Close closes at once
 }
 
 var (
@@ -180,13 +181,13 @@ func (c *gwsConn) Write(p []byte) (int, error) {
 }
 
 func (c *gwsConn) Close() error {
-	if c.linger.Load() {
+	if d := time.Duration(c.linger.Load()); d > 0 {
 		inner := c.Conn
 		if tc, ok := inner.(*trackedConn); ok {
 			inner = tc.Conn
 		}
 		if cw, ok := inner.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
-			return c.Conn.SetReadDeadline(time.Now().Add(closeLinger))
+			return c.Conn.SetReadDeadline(time.Now().Add(d))
 		}
 	}
 	return c.Conn.Close()

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"sync"
@@ -371,5 +372,67 @@ func TestShutdownIdle(t *testing.T) {
 	}
 	if st := ts.Stats(); st.Handshakes != 0 {
 		t.Fatalf("handshakes %d after shutdown", st.Handshakes)
+	}
+}
+
+// TestShutdownWaitsForCloseHandshake: after 1001 the server waits for
+// each client's close frame; one that answers ends at once, one that
+// never answers holds the drain until drain_timeout and is then
+// force-closed. Serve returns nil either way.
+func TestShutdownWaitsForCloseHandshake(t *testing.T) {
+	ts := runServer(t, func(c *Config) { c.Shutdown.DrainTimeout = time.Second })
+	polite, _ := dialRaw(t, ts.wsURL("/ws/echo"), 0, nil)
+	silent, _ := dialRaw(t, ts.wsURL("/ws/topics/x"), 0, nil)
+	checkFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		if n := ts.Stats().Connections; n != 2 {
+			return fmt.Errorf("connections %d", n)
+		}
+		return nil
+	})
+	stopped := make(chan error, 1)
+	go func() { stopped <- ts.stop() }()
+
+	for _, c := range []*rawConn{polite, silent} {
+		code, err := c.readUntilClose(10 * time.Second)
+		if err != nil || code != CloseGoingAway {
+			t.Fatalf("got close %d (%v), want 1001", code, err)
+		}
+	}
+	if err := polite.writeClose(CloseGoingAway, nil); err != nil {
+		t.Fatal(err)
+	}
+	// The polite session ends with the handshake, the silent one stays.
+	checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		if n := len(ts.obs.snapshot().closes); n != 1 {
+			return fmt.Errorf("%d sessions closed, want the polite one", n)
+		}
+		return nil
+	})
+	if st := ts.Stats(); st.Connections != 1 || st.TopicConnections != 1 {
+		t.Fatalf("during the drain: %+v, want the silent topic session only", st)
+	}
+	select {
+	case err := <-stopped:
+		if err != nil {
+			t.Fatalf("Serve: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Serve did not return")
+	}
+	waitLog(t, ts, slog.LevelWarn, "drain timeout: force-closing remaining connections", map[string]string{"connections": "1"})
+	// Both clients saw the server's FIN after its close frame.
+	for _, c := range []*rawConn{polite, silent} {
+		if _, err := c.readFrame(10 * time.Second); !isEOF(err) {
+			t.Fatalf("after 1001: %v, want EOF", err)
+		}
+	}
+	snap := ts.obs.snapshot()
+	if len(snap.closes) != 2 {
+		t.Fatalf("closes %+v, want 2", snap.closes)
+	}
+	for _, c := range snap.closes {
+		if c.Code != CloseGoingAway || c.Initiator != InitiatorServer {
+			t.Fatalf("close %+v, want 1001 by the server", c)
+		}
 	}
 }

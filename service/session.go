@@ -94,7 +94,7 @@ func (h handler) OnMessage(c *gws.Conn, m *gws.Message) {
 		if v := recover(); v != nil {
 			s.srv.log.LogAttrs(s.ctx, slog.LevelError, "panic while handling a message; closing with 1011",
 				slog.Uint64("conn_id", s.id), slog.Any("panic", v))
-			s.closeWith(CloseInternalError, reasonInternalError, fmt.Errorf("panic: %v", v), true)
+			s.closeWith(CloseInternalError, reasonInternalError, fmt.Errorf("panic: %v", v), closeLinger)
 		}
 	}()
 	if s.isDying() {
@@ -227,7 +227,7 @@ func (s *session) waitWhilePaused() {
 		s.touch() // the pause was not idleness
 	case <-s.dying:
 	case <-t.C:
-		s.closeWith(CloseTryAgainLater, reasonPausedTooLong, nil, false)
+		s.closeWith(CloseTryAgainLater, reasonPausedTooLong, nil, 0)
 	}
 }
 
@@ -267,13 +267,13 @@ func (s *session) evictSlow(buffered int64) {
 	s.obs.SlowConsumer(buffered)
 	s.srv.log.LogAttrs(s.ctx, slog.LevelWarn, "slow consumer evicted",
 		slog.Uint64("conn_id", s.id), slog.Int64("buffered_bytes", buffered))
-	go s.writeClose(CloseTryAgainLater, reasonSlowConsumer, false)
+	go s.writeClose(CloseTryAgainLater, reasonSlowConsumer, 0)
 }
 
 // closeWith sends a close frame with code and closes the connection
 // (see writeClose for linger). Only the first server-side close of a
 // session takes effect.
-func (s *session) closeWith(code uint16, reason string, err error, linger bool) {
+func (s *session) closeWith(code uint16, reason string, err error, linger time.Duration) {
 	first := false
 	s.endOnce.Do(func() {
 		first = true
@@ -286,16 +286,16 @@ func (s *session) closeWith(code uint16, reason string, err error, linger bool) 
 }
 
 // writeClose sends the close frame. The deadline bounds the wait for a
-// writer stuck on a peer that stopped reading. With linger, a close
-// frame that went out is followed by a wait (up to closeLinger) for the
+// writer stuck on a peer that stopped reading. With linger > 0, a close
+// frame that went out is followed by a wait (up to linger) for the
 // peer's close frame, so that a peer still sending gets the frame, not a
-// reset (see gwsConn); without, or if the frame could not be written,
-// the socket is closed at once: for peers that are silent or not
-// reading, waiting would only hold the descriptor.
-func (s *session) writeClose(code uint16, reason string, linger bool) {
+// reset (see gwsConn); with 0, or if the frame could not be written, the
+// socket is closed at once: for peers that are silent or not reading,
+// waiting would only hold the descriptor.
+func (s *session) writeClose(code uint16, reason string, linger time.Duration) {
 	_ = s.nc.SetWriteDeadline(time.Now().Add(min(time.Second, s.srv.cfg.Backpressure.WriteTimeout)))
-	s.gc.linger.Store(linger)
-	if err := s.conn.WriteClose(code, []byte(truncateReason(reason))); err != nil || !linger {
+	s.gc.linger.Store(int64(linger))
+	if err := s.conn.WriteClose(code, []byte(truncateReason(reason))); err != nil || linger <= 0 {
 		_ = s.nc.Close()
 	}
 }
@@ -314,7 +314,11 @@ func (s *session) abort(reason string, err error) {
 // shutdown loses no echo that was read before it.
 func (s *session) goAway() {
 	s.goAwayOne.Do(func() {
-		s.conn.Async(func() { s.closeWith(CloseGoingAway, reasonShutdown, nil, true) })
+		// The drain bounds the wait for the client's close frame:
+		// sessions still open at drain_timeout are force-closed. The
+		// linger deadline is only a backstop behind it.
+		linger := s.srv.cfg.Shutdown.DrainTimeout + closeLinger
+		s.conn.Async(func() { s.closeWith(CloseGoingAway, reasonShutdown, nil, linger) })
 	})
 }
 
@@ -324,7 +328,7 @@ func (s *session) heartbeatTimeout() {
 	s.srv.counters.heartbeatTimeouts.Add(1)
 	s.obs.HeartbeatTimeout()
 	s.srv.log.LogAttrs(s.ctx, slog.LevelInfo, "heartbeat timeout", slog.Uint64("conn_id", s.id))
-	go s.closeWith(CloseHeartbeatTimeout, reasonHeartbeat, nil, false)
+	go s.closeWith(CloseHeartbeatTimeout, reasonHeartbeat, nil, 0)
 }
 
 // finish runs once, when gws's read loop ends: it classifies the close,
