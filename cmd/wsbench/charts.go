@@ -135,6 +135,21 @@ func lineChart(title, x, y string, ss []series, logY bool) (*plot.Plot, error) {
 		p.Y.Scale = plot.LogScale{}
 		p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
 	}
+	// Headroom above the highest point keeps the legend (top left) off
+	// the lines.
+	maxY := 0.0
+	for _, s := range ss {
+		for _, pt := range s.pts {
+			maxY = max(maxY, pt.Y)
+		}
+	}
+	if maxY > 0 {
+		if logY {
+			p.Y.Max = maxY * 6
+		} else {
+			p.Y.Min, p.Y.Max = 0, maxY*1.35
+		}
+	}
 	for _, s := range ss {
 		if len(s.pts) == 0 {
 			continue

@@ -195,6 +195,14 @@ func TestSuiteSmoke(t *testing.T) {
 			}
 		}
 	}
+	// The report mode re-renders the same table from results.json.
+	var again strings.Builder
+	if code := run(ctx, []string{"report", "-dir", out}, &again, &stderr); code != 0 {
+		t.Fatalf("report exited %d:\n%s", code, stderr.String())
+	}
+	if again.String() != stdout.String() {
+		t.Errorf("report from results.json differs from the suite's table:\n%s\n---\n%s", again.String(), stdout.String())
+	}
 	md := stdout.String()
 	for _, row := range []string{"1. closed-loop echo throughput", "2. server CPU per echoed message", "3. extra RSS per idle connection",
 		"4. fan-out p99", "5. wsd: fast subscribers' p99", "6. telemetry on / off"} {

@@ -4,6 +4,7 @@
 //	wsbench echo -url ws://host/ws/echo [-conns 1000 -inflight 8 | -rate 20000]
 //	wsbench fanout -url ws://host/ws/topics/t -subs 10000 -rate 10 [-slow 1000]
 //	wsbench idle -url ws://host/ws/echo -conns 10000 -hold 30s
+//	wsbench report -dir docs/bench                  re-render results.md and the charts from results.json
 //
 // Each load mode prints its result as JSON. Connections are spread over
 // several 127.0.0.x source addresses (-src) so that more than ~28k can
@@ -41,7 +42,7 @@ func main() {
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: wsbench suite|echo|fanout|idle [flags]  (wsbench <mode> -h for flags)")
+		fmt.Fprintln(stderr, "usage: wsbench suite|echo|fanout|idle|report [flags]  (wsbench <mode> -h for flags)")
 		return 2
 	}
 	var err error
@@ -54,8 +55,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = fanoutCmd(ctx, args[1:], stdout, stderr)
 	case "idle":
 		err = idleCmd(ctx, args[1:], stdout, stderr)
+	case "report":
+		err = reportCmd(args[1:], stdout, stderr)
 	default:
-		err = fmt.Errorf("unknown mode %q: want suite, echo, fanout or idle", args[0])
+		err = fmt.Errorf("unknown mode %q: want suite, echo, fanout, idle or report", args[0])
 	}
 	var usage usageError
 	switch {
@@ -331,5 +334,30 @@ func idleCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err == nil && r.Closed > 0 {
 		err = fmt.Errorf("the server closed %d of %d idle connections", r.Closed, *n)
 	}
+	return err
+}
+
+func reportCmd(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("report", stderr)
+	dir := fs.String("dir", "docs/bench", "directory holding results.json; results.md and the charts are rewritten there")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	b, err := os.ReadFile(filepath.Join(*dir, "results.json"))
+	if err != nil {
+		return err
+	}
+	var res Results
+	if err := json.Unmarshal(b, &res); err != nil {
+		return fmt.Errorf("%s/results.json: %w", *dir, err)
+	}
+	res.Ratios = ratios(&res)
+	if err := writeResults(*dir, &res); err != nil {
+		return err
+	}
+	if _, err := writeCharts(*dir, &res); err != nil {
+		return err
+	}
+	_, err = io.WriteString(stdout, markdown(&res))
 	return err
 }
