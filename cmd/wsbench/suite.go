@@ -27,7 +27,6 @@ type suiteConfig struct {
 	clientCPUs  string // taskset lists; empty: no pinning
 	serverCPUs  string
 	profile     bool // capture a wsd CPU profile under closed-loop load
-	charts      bool
 }
 
 // params are the sizes of one suite run (full or smoke).
