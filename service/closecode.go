@@ -163,9 +163,15 @@ const closeLinger = 2 * time.Second
 //     read loop keeps reading (the session discards data) until the
 //     peer's close frame, EOF or the deadline, and the session's finish
 //     closes the socket for real.
+//
+// It also records when the connection broke (a write failed or gws
+// closed it): gws reports the outcome of a queued broadcast write only by
+// closing the connection, so the session checks broken to count a
+// fan-out message as sent or not.
 type gwsConn struct {
 	net.Conn
 	linger atomic.Int64 // time.Duration; 0: Close closes at once
+	broken atomic.Bool
 }
 
 var (
@@ -175,12 +181,17 @@ var (
 
 func (c *gwsConn) Write(p []byte) (int, error) {
 	if len(p) == len(bareClose1007) && [4]byte(p) == bareClose1007 {
-		return c.Conn.Write(bareClose1002[:])
+		p = bareClose1002[:]
 	}
-	return c.Conn.Write(p)
+	n, err := c.Conn.Write(p)
+	if err != nil {
+		c.broken.Store(true)
+	}
+	return n, err
 }
 
 func (c *gwsConn) Close() error {
+	c.broken.Store(true)
 	if d := time.Duration(c.linger.Load()); d > 0 {
 		inner := c.Conn
 		if tc, ok := inner.(*trackedConn); ok {

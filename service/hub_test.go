@@ -164,6 +164,14 @@ func TestSlowConsumerIsolation(t *testing.T) {
 				if len(got) >= n {
 					t.Fatalf("slow consumer received all %d messages: it was never slow", len(got))
 				}
+				// The session's counters are exact: what it says it
+				// wrote is what the client read.
+				for _, c := range ts.obs.snapshot().closes {
+					if c.Reason == reasonSlowConsumer && (c.MessagesOut != int64(len(got)) || c.BytesOut != int64(len(got)*size)) {
+						t.Fatalf("slow consumer's close says %d messages %d bytes out; the client read %d",
+							c.MessagesOut, c.BytesOut, len(got))
+					}
+				}
 			case SlowConsumerDrop:
 				st := ts.Stats()
 				if st.DroppedTotal == 0 || st.Subscribers != 3 {

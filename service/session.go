@@ -131,6 +131,18 @@ func (s *session) touch() { s.lastSeen.Store(s.srv.now()) }
 
 func (s *session) setWriteDeadline() {
 	_ = s.nc.SetWriteDeadline(time.Now().Add(s.srv.cfg.Backpressure.WriteTimeout))
+	if s.isDying() {
+		// writeClose sets the short close deadline after marking the
+		// session dying; a queued job racing with it must not push it
+		// back to write_timeout.
+		s.setCloseDeadline()
+	}
+}
+
+// setCloseDeadline bounds the wait for the close frame's write (behind a
+// write stuck on a peer that stopped reading).
+func (s *session) setCloseDeadline() {
+	_ = s.nc.SetWriteDeadline(time.Now().Add(min(time.Second, s.srv.cfg.Backpressure.WriteTimeout)))
 }
 
 // echo queues m back to the client. The write deadline is set per frame,
@@ -171,8 +183,19 @@ func (s *session) Deliver(m *Outbound) {
 		s.written(n, err)
 		return
 	}
-	s.conn.Async(func() { s.written(n, nil) })
+	s.conn.Async(func() {
+		// gws reports a failed broadcast write only by closing the
+		// connection, and skips writes to a closed one.
+		var err error
+		if s.gc.broken.Load() {
+			err = errNotSent
+		}
+		s.written(n, err)
+	})
 }
+
+// errNotSent marks a fan-out message whose write failed or was skipped.
+var errNotSent = errors.New("connection closed before the message was written")
 
 // written accounts for a finished write. A failed write closes the
 // connection inside gws; a timeout is remembered as the close reason.
@@ -293,7 +316,7 @@ func (s *session) closeWith(code uint16, reason string, err error, linger time.D
 // socket is closed at once: for peers that are silent or not reading,
 // waiting would only hold the descriptor.
 func (s *session) writeClose(code uint16, reason string, linger time.Duration) {
-	_ = s.nc.SetWriteDeadline(time.Now().Add(min(time.Second, s.srv.cfg.Backpressure.WriteTimeout)))
+	s.setCloseDeadline()
 	s.gc.linger.Store(int64(linger))
 	if err := s.conn.WriteClose(code, []byte(truncateReason(reason))); err != nil || linger <= 0 {
 		_ = s.nc.Close()
