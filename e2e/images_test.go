@@ -3,8 +3,10 @@
 package e2e
 
 import (
+	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"testing"
@@ -17,13 +19,23 @@ import (
 )
 
 // TestImagesAreCachedByContentHash: a second build of the same content
-// returns the same tag without building (the image's creation time does
-// not change), and FromBinary applies its ENV and EXPOSE options.
+// returns the same tag without building (the image's ID and creation time
+// do not change), and FromBinary applies its ENV and EXPOSE options. The
+// binary is copied first: the shared tree may change under a long run,
+// and a changed binary must (rightly) give a new tag.
 func TestImagesAreCachedByContentHash(t *testing.T) {
 	requireDocker(t)
 	ctx := t.Context()
-	first, err := images.Wsd(ctx)
+	built, err := images.GoBinary(ctx, "./cmd/wschaos")
 	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(built)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(t.TempDir(), "wschaos")
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	cli, err := client.New(client.FromEnv)
@@ -31,11 +43,17 @@ func TestImagesAreCachedByContentHash(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cli.Close()
+	opts := []images.Option{images.WithEnv("WSCHAOS_TEST", "1"), images.WithExpose("7777/tcp")}
+	first, err := images.FromBinary(ctx, bin, "wschaos-test", opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = cli.ImageRemove(context.Background(), first, client.ImageRemoveOptions{}) })
 	before, err := cli.ImageInspect(ctx, first)
 	if err != nil {
 		t.Fatal(err)
 	}
-	second, err := images.Wsd(ctx)
+	second, err := images.FromBinary(ctx, bin, "wschaos-test", opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,20 +64,7 @@ func TestImagesAreCachedByContentHash(t *testing.T) {
 	if first != second || before.ID != after.ID || before.Created != after.Created {
 		t.Errorf("rebuilt: %s %s (%s) → %s %s (%s)", first, before.ID, before.Created, second, after.ID, after.Created)
 	}
-
-	bin, err := images.GoBinary(ctx, "./cmd/wschaos")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tag, err := images.FromBinary(ctx, bin, "wschaos-test", images.WithEnv("WSCHAOS_TEST", "1"), images.WithExpose("7777/tcp"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = cli.ImageRemove(t.Context(), tag, client.ImageRemoveOptions{}) })
-	insp, err := cli.ImageInspect(ctx, tag)
-	if err != nil {
-		t.Fatal(err)
-	}
+	insp := after
 	if !slices.Contains(insp.Config.Env, "WSCHAOS_TEST=1") {
 		t.Errorf("env %v lacks WSCHAOS_TEST=1", insp.Config.Env)
 	}
@@ -68,6 +73,15 @@ func TestImagesAreCachedByContentHash(t *testing.T) {
 	}
 	if len(insp.Config.Entrypoint) != 1 || insp.Config.Entrypoint[0] != "/wschaos" || insp.Config.User != "65534:65534" {
 		t.Errorf("entrypoint %v user %q", insp.Config.Entrypoint, insp.Config.User)
+	}
+	// Different content, different tag.
+	other, err := images.FromBinary(ctx, bin, "wschaos-test", images.WithEnv("WSCHAOS_TEST", "2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = cli.ImageRemove(context.Background(), other, client.ImageRemoveOptions{}) })
+	if other == first {
+		t.Errorf("different ENV, same tag %s", other)
 	}
 }
 
