@@ -63,7 +63,7 @@ func TestTracesLandInJaeger(t *testing.T) {
 		t.Fatalf("wsd image: %v", err)
 	}
 
-	nw, err := network.New(ctx)
+	nw, err := network.New(ctx, network.WithLabels(images.SessionLabels()))
 	testcontainers.CleanupNetwork(t, nw)
 	if err != nil {
 		t.Fatalf("network: %v", err)

@@ -29,6 +29,8 @@ func Run(ctx context.Context, img string, opts ...testcontainers.ContainerCustom
 	images.ConfigureTestcontainers()
 	all := append([]testcontainers.ContainerCustomizer{
 		testcontainers.WithExposedPorts(QueryPort, OTLPHTTPPort, OTLPGRPCPort),
+		// Found by images.RemoveOrphans if this process dies uncleanly.
+		testcontainers.WithLabels(images.SessionLabels()),
 		// /api/services answers only once the query extension and its
 		// storage are up; the OTLP receivers start before it.
 		testcontainers.WithWaitStrategy(wait.ForHTTP("/api/services").WithPort(QueryPort).
