@@ -27,6 +27,9 @@ type Result struct {
 	Pass        bool          `json:"pass"`
 	Started     time.Time     `json:"started"`
 	Duration    time.Duration `json:"duration_ns"`
+	// MemoryBound is the scenario's memory bound in bytes (0: none); the
+	// chart draws it.
+	MemoryBound int64 `json:"memory_bound_bytes,omitempty"`
 	// Chart is the PNG chart's file name, set by the report writer.
 	Chart string `json:"chart,omitempty"`
 

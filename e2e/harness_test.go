@@ -215,6 +215,7 @@ func startStack(t *testing.T, name, description string, o stackOpts) *stack {
 	t.Cleanup(func() { _ = wsd.Close() })
 
 	s := &stack{t: t, ctx: ctx, wsd: wsd, cfg: cfg, bound: bound, res: chaos.NewResult(name, description)}
+	s.res.MemoryBound = bound
 	admin := chaos.NewAdmin(wsd.AdminURL())
 	t.Cleanup(admin.Close)
 	s.target = chaos.Target{WS: wsd.WSURL(), Admin: admin}

@@ -201,6 +201,26 @@ func Chart(path string, r *chaos.Result) error {
 		sr.pl.Add(l)
 		sr.pl.Legend.Add(sr.name, l)
 	}
+	// Same time axis on both panels; memory from zero, with the bound.
+	end := 0.0
+	if n := len(r.Series); n > 0 {
+		end = r.Series[n-1].T
+	}
+	for _, p := range []*plot.Plot{counts, memory} {
+		p.X.Min, p.X.Max = 0, end
+	}
+	memory.Y.Min = 0
+	if r.MemoryBound > 0 {
+		bound := float64(r.MemoryBound) / (1 << 20)
+		l, err := plotter.NewLine(plotter.XYs{{X: 0, Y: bound}, {X: end, Y: bound}})
+		if err != nil {
+			return fmt.Errorf("report: chart %s bound: %w", r.Name, err)
+		}
+		l.Color = color.RGBA{R: 200, G: 120, A: 255}
+		l.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
+		memory.Add(l)
+		memory.Legend.Add("bound (container limit)", l)
+	}
 	img := vgimg.New(8*vg.Inch, 6*vg.Inch)
 	dc := draw.New(img)
 	tiles := draw.Tiles{Rows: 2, Cols: 1, PadX: vg.Millimeter, PadY: 4 * vg.Millimeter,

@@ -26,6 +26,7 @@ func TestWriteProducesJSONMarkdownAndCharts(t *testing.T) {
 		}
 		ok.Series = append(ok.Series, s)
 	}
+	ok.MemoryBound = 64 << 20
 	ok.Finish(ok.Series)
 	dir := t.TempDir()
 	if err := Write(dir, []*chaos.Result{ok, bad}); err != nil {
