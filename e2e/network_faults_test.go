@@ -6,6 +6,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -36,7 +38,7 @@ func TestNetworkFaults(t *testing.T) {
 		if _, err := proxy.AddToxic(name, typ, stream, 1, attrs); err != nil {
 			s.fatal("add toxic %s: %v", name, err)
 		}
-		s.res.Fault("%s %s %v", typ, stream, attrs)
+		s.res.Fault("%s %s %s", typ, stream, attrText(attrs))
 	}
 	reset := func() {
 		t.Helper()
@@ -139,7 +141,7 @@ func TestNetworkFaults(t *testing.T) {
 	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
 	_, derr := chaos.Dial(ctx, via)
 	cancel()
-	s.check("proxy down: new connections fail fast", derr != nil, "dial error", "%v", errText(derr))
+	s.check("proxy down: new connections fail fast", derr != nil, "dial error within 5s", "%v", errText(derr))
 	if err := proxy.Enable(); err != nil {
 		s.fatal("enable proxy: %v", err)
 	}
@@ -151,6 +153,19 @@ func TestNetworkFaults(t *testing.T) {
 	out = chaos.EchoLoad(s.ctx, s.target, chaos.EchoConfig{Clients: 5, Messages: 5, Size: 256})
 	echoOK("after all faults, direct", out, 25)
 	s.finish(20 * time.Second)
+}
+
+func attrText(a toxiclient.Attributes) string {
+	keys := make([]string, 0, len(a))
+	for k := range a {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	parts := make([]string, 0, len(keys))
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%s=%v", k, a[k]))
+	}
+	return strings.Join(parts, " ")
 }
 
 func errText(err error) string {
