@@ -145,6 +145,9 @@ wsd_connections_active{ws_endpoint="topic"} 4
 	if got := labelValues(m, "wsd_connections_closed_total", "ws_close_code"); len(got) != 2 || got[0] != "1000" || got[1] != "invalid" {
 		t.Errorf("labels %v", got)
 	}
+	if vals := allLabelValues(m); len(vals) != 5 { // x, 1000, invalid, echo, topic
+		t.Errorf("label values %v", vals)
+	}
 	allowed := closeCodeLabels()
 	for _, v := range []string{"1000", "1002", "1006", "4000", "private", "invalid"} {
 		if !allowed[v] {

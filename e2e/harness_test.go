@@ -146,6 +146,9 @@ type stack struct {
 	res     *chaos.Result
 	cfg     service.Config
 	bound   int64
+	// clientAddrs are the addresses wsd sees clients connect from (the
+	// network gateway): they must never appear in /metrics.
+	clientAddrs []string
 }
 
 var imgOnce struct {
@@ -216,6 +219,13 @@ func startStack(t *testing.T, name, description string, o stackOpts) *stack {
 
 	s := &stack{t: t, ctx: ctx, wsd: wsd, cfg: cfg, bound: bound, res: chaos.NewResult(name, description)}
 	s.res.MemoryBound = bound
+	if insp, err := wsd.Inspect(ctx); err == nil {
+		for _, ep := range insp.NetworkSettings.Networks {
+			if ep.Gateway.IsValid() {
+				s.clientAddrs = append(s.clientAddrs, ep.Gateway.String())
+			}
+		}
+	}
 	admin := chaos.NewAdmin(wsd.AdminURL())
 	t.Cleanup(admin.Close)
 	s.target = chaos.Target{WS: wsd.WSURL(), Admin: admin}
@@ -315,7 +325,7 @@ func (s *stack) finish(quiet time.Duration, clientValues ...string) {
 // checkMetrics cross-checks /metrics with /debug/stats when wsd serves
 // it (chaos.Checker.CheckMetrics).
 func (s *stack) checkMetrics(clientValues []string) {
-	invs, found := s.checker.CheckMetrics(s.ctx, clientValues)
+	invs, found := s.checker.CheckMetrics(s.ctx, append(clientValues, s.clientAddrs...))
 	if !found {
 		s.res.Note("/metrics not served by this build (404): metric checks not applicable")
 		return
