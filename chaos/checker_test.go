@@ -160,3 +160,47 @@ wsd_connections_active{ws_endpoint="topic"} 4
 		}
 	}
 }
+
+func TestCheckMetricsCatchesDisagreementAndLeaks(t *testing.T) {
+	metrics := `wsd_connections_active{ws_endpoint="echo"} 2
+wsd_connections_paused 0
+wsd_send_buffer_usage_bytes 0
+wsd_connections_opened_total{ws_endpoint="echo"} 5
+wsd_connections_closed_total{ws_close_code="999",ws_endpoint="echo"} 3
+wsd_slow_consumers_evicted_total 1
+wsd_messages_received_total{topic="secret-topic"} 1
+`
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/metrics" {
+			_, _ = w.Write([]byte(metrics))
+			return
+		}
+		_ = json.NewEncoder(w).Encode(service.Stats{Connections: 0, EvictedTotal: 1})
+	}))
+	defer srv.Close()
+	a := NewAdmin(srv.URL)
+	defer a.Close()
+	invs, found := NewChecker(a, nil, DefaultTolerance).CheckMetrics(t.Context(), []string{"secret-topic", "10.0.0.9"})
+	if !found {
+		t.Fatal("metrics not found")
+	}
+	failed := map[string]bool{}
+	for _, inv := range invs {
+		if !inv.Pass {
+			failed[inv.Name] = true
+		}
+	}
+	for _, want := range []string{
+		"/metrics wsd_connections_active matches connections",
+		"/metrics opened − closed matches connections",
+		"/metrics close-code label bounded",
+		"/metrics carries no client-chosen label value",
+	} {
+		if !failed[want] {
+			t.Errorf("%q did not fail (failed: %v)", want, failed)
+		}
+	}
+	if failed["/metrics wsd_slow_consumers_evicted_total matches evicted_total"] {
+		t.Error("agreeing eviction counters reported as a failure")
+	}
+}
