@@ -118,9 +118,13 @@ func TestAdmissionPerIPIsPerAddress(t *testing.T) {
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("first from 127.0.0.2: %s, want 101", resp.Status)
 	}
-	if st := ts.Stats(); st.IPEntries != 2 || st.Connections != 2 {
-		t.Fatalf("stats %+v, want 2 ip entries and 2 connections", st)
-	}
+	// 101 is written before the session is registered: poll.
+	checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		if st := ts.Stats(); st.IPEntries != 2 || st.Connections != 2 {
+			return fmt.Errorf("stats %+v, want 2 ip entries and 2 connections", st)
+		}
+		return nil
+	})
 }
 
 // TestAdmissionBadRequest: a request to a /ws path that is not a valid
