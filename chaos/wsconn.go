@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -120,9 +121,11 @@ type Conn struct {
 	paced *pacedConn  // nil: reads are not paced
 	stop  func() bool // unregisters the close-on-cancel hook
 	wmu   sync.Mutex
-	// AutoPong answers pings while reading (default true). A silent peer
+	// autoPong answers pings, and the server's close frame, while
+	// reading (default true), as a conforming client does. A silent peer
 	// turns it off.
-	autoPong bool
+	autoPong  bool
+	closeSent atomic.Bool
 }
 
 // Dial connects to rawURL (ws://host:port/path) and performs the
@@ -235,7 +238,8 @@ func (c *Conn) SetReadRate(bytesPerSec float64) {
 	c.paced.lim.SetLimit(rate.Limit(bytesPerSec))
 }
 
-// SetAutoPong turns automatic pong replies on or off.
+// SetAutoPong turns automatic replies (pong to a ping, close to the
+// server's close) on or off.
 func (c *Conn) SetAutoPong(on bool) { c.autoPong = on }
 
 // WriteMessage sends one unfragmented data message.
@@ -279,6 +283,9 @@ func (c *Conn) WriteFrame(fin bool, opcode byte, payload []byte) error {
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	if opcode == OpClose {
+		c.closeSent.Store(true)
+	}
 	if _, err := c.nc.Write(frame); err != nil {
 		return fmt.Errorf("write frame: %w", err)
 	}
@@ -311,6 +318,16 @@ func (c *Conn) ReadMessage() (opcode byte, payload []byte, err error) {
 			if len(p) >= 2 {
 				ce.Code = binary.BigEndian.Uint16(p)
 				ce.Reason = string(p[2:])
+			}
+			// RFC 6455 §5.5.1: answer the server's close (echoing its
+			// code) unless we started the closing handshake, so the server
+			// can finish without waiting for a timeout.
+			if c.autoPong && !c.closeSent.Load() {
+				var echo []byte
+				if len(p) >= 2 {
+					echo = p[:2]
+				}
+				_ = c.WriteFrame(true, OpClose, echo)
 			}
 			return 0, nil, ce
 		case OpContinuation:
