@@ -165,6 +165,9 @@ func (s *session) echo(m *gws.Message) {
 // (gws.Broadcaster); the jobs around it set this socket's write deadline
 // and count completion.
 func (s *session) Deliver(m *Outbound) {
+	if s.isDying() {
+		return // closing: a write could only fail
+	}
 	n := int64(len(m.Payload))
 	verdict, t, total := s.buf.offerFanout(n)
 	switch verdict {
