@@ -234,6 +234,10 @@ func TestServerCloseCodes(t *testing.T) {
 				t.Fatal(err)
 			}
 			expectServerClose(t, c, tt.code)
+			// Answer as a client should: after its own close frames wsd
+			// waits (up to a bound) for the peer's; after gws's protocol
+			// errors the socket is already closed and this write is lost.
+			_ = c.writeClose(tt.code, nil)
 			info := lastClose(t, ts)
 			if info.Initiator != InitiatorServer || info.Code != tt.code || !strings.HasPrefix(info.Reason, tt.reason) {
 				t.Fatalf("close info %+v, want server-initiated %d %q", info, tt.code, tt.reason)
@@ -266,6 +270,7 @@ func TestPanicIsLogged(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectServerClose(t, c, CloseInternalError)
+	_ = c.writeClose(CloseInternalError, nil)
 	waitLog(t, ts, slog.LevelError, "panic while handling a message; closing with 1011", map[string]string{"panic": "boom"})
 	waitLog(t, ts, slog.LevelInfo, "connection closed", map[string]string{
 		"code": "1011", "initiator": "server", "topic": "t", "endpoint": "topic"})
