@@ -1,0 +1,244 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/compose-spec/compose-go/v2/cli"
+	"github.com/compose-spec/compose-go/v2/types"
+
+	"github.com/wsd-dev/wsd/chaos/images"
+	"github.com/wsd-dev/wsd/chaos/jaeger"
+)
+
+// TestComposeFile loads docker-compose.yml with compose-go, the loader
+// and schema validator of Compose v2 (CI also runs `docker-compose config
+// -q` for 1.29), and checks what users rely on: the services and the demo
+// profile, build targets that exist in the Dockerfile, an environment wsd
+// itself accepts (it runs `wsd --print-config` with exactly that
+// environment), OTLP to Jaeger, and a stop_grace_period longer than the
+// drain_timeout it configures.
+func TestComposeFile(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	root, err := images.ModuleRoot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Only the compose defaults: a developer's WSD_TARGET or .env must not
+	// change what is checked.
+	load := func(t *testing.T, env []string, profiles ...string) *types.Project {
+		t.Helper()
+		opts, err := cli.NewProjectOptions([]string{filepath.Join(root, "docker-compose.yml")},
+			cli.WithName("wsd"), cli.WithWorkingDirectory(root), cli.WithEnv(env), cli.WithProfiles(profiles))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := opts.LoadProject(ctx)
+		if err != nil {
+			t.Fatalf("docker-compose.yml (profiles %v): %v", profiles, err)
+		}
+		return p
+	}
+	stages := opsDockerfileStages(t, filepath.Join(root, "Dockerfile"))
+	if len(stages) == 0 || stages[0] != "prebuilt" {
+		t.Errorf("Dockerfile stages %v: the first must be prebuilt (the offline e2e image)", stages)
+	}
+
+	def := load(t, nil)
+	if got := slices.Sorted(maps.Keys(def.Services)); !slices.Equal(got, []string{"jaeger", "wsd"}) {
+		t.Errorf("default services %v, want jaeger and wsd (wschaos only with --profile demo)", got)
+	}
+	wsd := def.Services["wsd"]
+	if wsd.Build == nil || wsd.Build.Target != "runtime" || !slices.Contains(stages, wsd.Build.Target) {
+		t.Errorf("wsd build %+v: want target runtime, a Dockerfile stage (%v)", wsd.Build, stages)
+	}
+	env := map[string]string{}
+	for k, v := range wsd.Environment {
+		if v == nil {
+			t.Errorf("wsd environment %s has no value", k)
+			continue
+		}
+		env[k] = *v
+	}
+	if env["OTEL_EXPORTER_OTLP_ENDPOINT"] != "http://jaeger:4318" || env["OTEL_EXPORTER_OTLP_PROTOCOL"] != "http/protobuf" {
+		t.Errorf("wsd OTLP settings %q %q, want http://jaeger:4318 over http/protobuf",
+			env["OTEL_EXPORTER_OTLP_ENDPOINT"], env["OTEL_EXPORTER_OTLP_PROTOCOL"])
+	}
+	if nf := wsd.Ulimits["nofile"]; nf == nil || nf.Soft < 4096 || nf.Hard < nf.Soft {
+		t.Errorf("wsd ulimits.nofile %+v, want soft >= 4096 <= hard", nf)
+	}
+	if wsd.HealthCheck != nil && wsd.HealthCheck.Disable {
+		t.Error("wsd disables the image's HEALTHCHECK, the demo waits for it")
+	}
+
+	// wsd must accept the environment as it is, without a warning.
+	bin, err := images.GoBinary(ctx, "./cmd/wsd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.CommandContext(ctx, bin, "--print-config")
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil || stderr.Len() > 0 {
+		t.Fatalf("wsd --print-config with the compose environment: %v\n%s", err, stderr.String())
+	}
+	drain := opsConfigDuration(t, string(out), "drain_timeout")
+	if wsd.StopGracePeriod == nil || time.Duration(*wsd.StopGracePeriod) <= drain {
+		t.Errorf("wsd stop_grace_period %v, want longer than shutdown.drain_timeout %s", wsd.StopGracePeriod, drain)
+	}
+	if p := opsConfigInt(t, string(out), "pause_bytes"); p != 131072 {
+		t.Errorf("compose backpressure.pause_bytes %d, want the demo's 131072 (the README table)", p)
+	}
+
+	if img := def.Services["jaeger"].Image; !strings.HasPrefix(img, "jaegertracing/jaeger:2.") {
+		t.Errorf("jaeger image %q, want the official Jaeger v2 image", img)
+	}
+	if e := def.Services["jaeger"].Environment["JAEGER_LISTEN_HOST"]; e == nil || *e != "0.0.0.0" {
+		t.Error("jaeger without JAEGER_LISTEN_HOST=0.0.0.0 listens on localhost only")
+	}
+
+	demo := load(t, nil, "demo")
+	ch, ok := demo.Services["wschaos"]
+	if !ok {
+		t.Fatalf("--profile demo services %v, want wschaos", slices.Sorted(maps.Keys(demo.Services)))
+	}
+	if ch.Build == nil || !slices.Contains(stages, ch.Build.Target) {
+		t.Errorf("wschaos build %+v: want a Dockerfile stage (%v)", ch.Build, stages)
+	}
+	wantCmd := []string{"run", "-target", "ws://wsd:8080", "-admin", "http://wsd:9090", "-scenario", "demo", "-duration", "10m"}
+	if !slices.Equal(ch.Command, wantCmd) {
+		t.Errorf("wschaos command %q, want %q", ch.Command, wantCmd)
+	}
+	if dep, ok := ch.DependsOn["wsd"]; !ok || dep.Condition != "service_healthy" {
+		t.Errorf("wschaos depends_on %+v, want wsd service_healthy", ch.DependsOn)
+	}
+	if ch.Restart != "no" {
+		t.Errorf("wschaos restart %q, want no: the demo is bounded", ch.Restart)
+	}
+
+	// The offline recipe of the README selects stages and images that
+	// exist without a registry.
+	off := load(t, []string{"WSD_TARGET=prebuilt", "WSCHAOS_TARGET=prebuilt-wschaos", "JAEGER_IMAGE=" + jaeger.ImageTag}, "demo")
+	if off.Services["wsd"].Build.Target != "prebuilt" || off.Services["wschaos"].Build.Target != "prebuilt-wschaos" ||
+		off.Services["jaeger"].Image != jaeger.ImageTag || !slices.Contains(stages, "prebuilt-wschaos") {
+		t.Errorf("offline variables not applied: wsd %q, wschaos %q, jaeger %q (stages %v)",
+			off.Services["wsd"].Build.Target, off.Services["wschaos"].Build.Target, off.Services["jaeger"].Image, stages)
+	}
+}
+
+// opsDockerfileStages returns the stage names of a Dockerfile, in order.
+func opsDockerfileStages(t *testing.T, path string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 4 && strings.EqualFold(f[0], "FROM") && strings.EqualFold(f[2], "AS") {
+			out = append(out, f[3])
+		}
+	}
+	return out
+}
+
+// opsConfigValue finds "key: value" in wsd --print-config's YAML (keys
+// used here are unique across sections).
+func opsConfigValue(t *testing.T, yaml, key string) string {
+	t.Helper()
+	for _, line := range strings.Split(yaml, "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), ":"); ok && k == key {
+			return strings.TrimSpace(v)
+		}
+	}
+	t.Fatalf("no %s in wsd --print-config:\n%s", key, yaml)
+	return ""
+}
+
+func opsConfigDuration(t *testing.T, yaml, key string) time.Duration {
+	t.Helper()
+	d, err := time.ParseDuration(opsConfigValue(t, yaml, key))
+	if err != nil {
+		t.Fatalf("%s: %v", key, err)
+	}
+	return d
+}
+
+func opsConfigInt(t *testing.T, yaml, key string) int64 {
+	t.Helper()
+	n, err := strconv.ParseInt(opsConfigValue(t, yaml, key), 10, 64)
+	if err != nil {
+		t.Fatalf("%s: %v", key, err)
+	}
+	return n
+}
+
+// TestTaskfile runs the pinned go-task (`go tool task`, from go.mod's
+// tool directive, as the README tells users) on Taskfile.yml: it parses,
+// `default` lists every task the README promises, each with a
+// description, and OFFLINE=1 hands compose the offline targets and the
+// Jaeger image chaos/jaeger builds.
+func TestTaskfile(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	root, err := images.ModuleRoot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	task := func(args ...string) string {
+		t.Helper()
+		cmd := exec.CommandContext(ctx, "go", append([]string{"tool", "task"}, args...)...)
+		cmd.Dir = root
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("go tool task %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	var list struct {
+		Tasks []struct{ Name, Desc string }
+	}
+	if err := json.Unmarshal([]byte(task("--list", "--json")), &list); err != nil {
+		t.Fatalf("task --list --json: %v", err)
+	}
+	desc := map[string]string{}
+	for _, tk := range list.Tasks {
+		desc[tk.Name] = tk.Desc
+	}
+	listed := task() // the default task
+	for _, name := range []string{"run", "build", "test", "e2e", "bench", "up", "down", "demo", "lint"} {
+		if desc[name] == "" {
+			t.Errorf("task %s missing or without a description (tasks %v)", name, slices.Sorted(maps.Keys(desc)))
+		}
+		if !strings.Contains(listed, "* "+name+":") {
+			t.Errorf("`go tool task` does not list %s:\n%s", name, listed)
+		}
+	}
+
+	offline := task("--dry", "up", "OFFLINE=1")
+	for _, want := range []string{"WSD_TARGET=prebuilt ", "JAEGER_IMAGE=" + jaeger.ImageTag + " ", "go run ./chaos/jaeger/cmd/jaegerimage", "up --build --detach"} {
+		if !strings.Contains(offline, want) {
+			t.Errorf("go tool task --dry up OFFLINE=1 lacks %q:\n%s", want, offline)
+		}
+	}
+	if online := task("--dry", "up"); strings.Contains(online, "WSD_TARGET=") || strings.Contains(online, "jaegerimage") {
+		t.Errorf("go tool task --dry up (online) uses the offline images:\n%s", online)
+	}
+}
