@@ -79,10 +79,16 @@ func TestHeartbeatReapsSilentPeer(t *testing.T) {
 // pings on its own, and one that only sends data all stay connected for
 // many heartbeat periods.
 func TestHeartbeatKeepsLivePeers(t *testing.T) {
-	ts := runServer(t, fastHeartbeat)
+	// A pong timeout three times the ping interval leaves a loaded
+	// machine time to answer; the reap deadline is still short.
+	ts := runServer(t, func(c *Config) {
+		c.Heartbeat.PingInterval = 200 * time.Millisecond
+		c.Heartbeat.PongTimeout = 600 * time.Millisecond
+	})
 	// Each live peer must outlive this many reap deadlines.
-	const periods = 5
+	const periods = 3
 	reap := ts.cfg.Heartbeat.PingInterval + ts.cfg.Heartbeat.PongTimeout
+	pingsPerPeriod := int64(reap / ts.cfg.Heartbeat.PingInterval)
 
 	_, answering := dialGWS(t, ts.wsURL("/ws/echo"), true)
 
@@ -117,9 +123,9 @@ func TestHeartbeatKeepsLivePeers(t *testing.T) {
 	defer func() { close(stop); wg.Wait() }()
 
 	checkFor(t, 60*time.Second, 20*time.Millisecond, func() error {
-		// Pings come every ping_interval: periods×reap of them is
-		// 2×periods reap deadlines.
-		if answering.pings.Load() < 2*periods || pinged.Load() < 8*periods || sent.Load() < 8*periods {
+		// Pings come every ping_interval, the raw peers' frames every
+		// reap/8: these counts span periods reap deadlines.
+		if answering.pings.Load() < pingsPerPeriod*periods || pinged.Load() < 8*periods || sent.Load() < 8*periods {
 			return fmt.Errorf("pings answered %d, pinged %d, sent %d", answering.pings.Load(), pinged.Load(), sent.Load())
 		}
 		return nil
