@@ -149,9 +149,10 @@ func TestTracesLandInJaeger(t *testing.T) {
 		t.Fatalf("jaeger at %s: %v", j.QueryURL(), err)
 	}
 
-	// The image is the one users run: non-root, and Docker's HEALTHCHECK
-	// (`wsd healthcheck`, no shell in the image) reports it healthy.
-	t.Run("image health and user", func(t *testing.T) {
+	// The image is the one users run: non-root, both ports exposed, and
+	// Docker's HEALTHCHECK (`wsd healthcheck`, no shell in the image)
+	// reports it healthy.
+	t.Run("image health, user and ports", func(t *testing.T) {
 		err := chaos.Poll(ctx, time.Minute, time.Second, func() error {
 			insp, err := w.Inspect(ctx)
 			if err != nil {
@@ -159,6 +160,13 @@ func TestTracesLandInJaeger(t *testing.T) {
 			}
 			if u := insp.Config.User; u == "" || u == "0" || strings.HasPrefix(u, "root") || strings.HasPrefix(u, "0:") {
 				return fmt.Errorf("image runs as user %q, want non-root", u)
+			}
+			exposed := map[string]bool{}
+			for p := range insp.Config.ExposedPorts {
+				exposed[p.String()] = true
+			}
+			if !exposed[wsdcontainer.PublicPort] || !exposed[wsdcontainer.AdminPort] {
+				return fmt.Errorf("image exposes %v, want %s and %s", exposed, wsdcontainer.PublicPort, wsdcontainer.AdminPort)
 			}
 			if insp.State.Health == nil {
 				return fmt.Errorf("image has no HEALTHCHECK")
