@@ -16,6 +16,8 @@ package jaeger
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -55,11 +57,9 @@ const (
 var imageMu sync.Mutex
 
 // Image returns ImageTag, building it first unless the Docker engine
-// already has it. The build compiles Jaeger (a few minutes on a cold Go
-// build cache; the module comes from the Go module proxy), wraps the
-// binary FROM scratch with JAEGER_LISTEN_HOST=0.0.0.0 (Jaeger listens on
-// localhost otherwise, unreachable from other containers) and user 10001
-// (as the official image), and tags it. It fails when the engine is
+// already has it, built with the current wrap. The build compiles Jaeger
+// (a few minutes on a cold Go build cache; the module comes from the Go
+// module proxy), wraps the binary FROM scratch as wrap says, and tags it. It fails when the engine is
 // unreachable, the module cannot be downloaded or the build fails; the
 // error carries the go command's output.
 func Image(ctx context.Context) (string, error) {
@@ -71,8 +71,13 @@ func Image(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("jaeger image: docker client: %w", err)
 	}
 	defer cli.Close()
-	if _, err := cli.ImageInspect(ctx, ImageTag); err == nil {
-		return ImageTag, nil
+	// The tag names the version only, so the image also carries the hash
+	// of how it was wrapped: changing wrap rebuilds a cached image instead
+	// of silently using the old one.
+	if insp, err := cli.ImageInspect(ctx, ImageTag); err == nil {
+		if insp.Config != nil && insp.Config.Labels[specLabel] == wrap.hash() {
+			return ImageTag, nil
+		}
 	} else if !cerrdefs.IsNotFound(err) {
 		return "", fmt.Errorf("jaeger image: inspect %s: %w", ImageTag, err)
 	}
@@ -81,12 +86,7 @@ func Image(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	built, err := images.FromBinary(ctx, bin, "jaeger",
-		images.WithEnv("JAEGER_LISTEN_HOST", "0.0.0.0"),
-		images.WithExpose(OTLPGRPCPort, OTLPHTTPPort, QueryPort, HealthPort),
-		images.WithUser("10001"),
-		images.WithDockerfileLines(fmt.Sprintf("LABEL org.opencontainers.image.source=%q org.opencontainers.image.version=%q", "https://"+Module, "v"+Version)),
-	)
+	built, err := images.FromBinary(ctx, bin, "jaeger", wrap.options()...)
 	if err != nil {
 		return "", fmt.Errorf("jaeger image: %w", err)
 	}
@@ -94,6 +94,47 @@ func Image(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("jaeger image: tag %s as %s: %w", built, ImageTag, err)
 	}
 	return ImageTag, nil
+}
+
+// specLabel holds, on the built image, the hash of the imageSpec it was
+// built with.
+const specLabel = "org.wsd.e2e.jaeger.spec"
+
+// imageSpec is everything besides the binary that shapes the image; the
+// options and the cache check both derive from it, so they cannot drift.
+type imageSpec struct {
+	Env    [][2]string
+	User   string
+	Expose []string
+	Labels [][2]string
+}
+
+// wrap is how the Jaeger binary is wrapped. JAEGER_LISTEN_HOST: Jaeger
+// listens on localhost otherwise, unreachable from other containers; user
+// 10001 is the official image's.
+var wrap = imageSpec{
+	Env:    [][2]string{{"JAEGER_LISTEN_HOST", "0.0.0.0"}},
+	User:   "10001",
+	Expose: []string{OTLPGRPCPort, OTLPHTTPPort, QueryPort, HealthPort},
+	Labels: [][2]string{{"org.opencontainers.image.source", "https://" + Module}, {"org.opencontainers.image.version", "v" + Version}},
+}
+
+// hash identifies the spec in specLabel.
+func (s imageSpec) hash() string {
+	h := sha256.Sum256([]byte(fmt.Sprintf("%+v", s)))
+	return hex.EncodeToString(h[:8])
+}
+
+// options renders the spec for images.FromBinary, with specLabel.
+func (s imageSpec) options() []images.Option {
+	opts := []images.Option{images.WithExpose(s.Expose...), images.WithUser(s.User)}
+	for _, kv := range s.Env {
+		opts = append(opts, images.WithEnv(kv[0], kv[1]))
+	}
+	for _, kv := range append(s.Labels, [2]string{specLabel, s.hash()}) {
+		opts = append(opts, images.WithDockerfileLines(fmt.Sprintf("LABEL %s=%q", kv[0], kv[1])))
+	}
+	return opts
 }
 
 // buildBinary compiles Module@Version's ./cmd/jaeger as a static binary
