@@ -99,6 +99,7 @@ func TestInvalidCloseFrames(t *testing.T) {
 		{"5000", closePayload(5000, ""), 5000},
 		{"65535", closePayload(65535, "bye"), 65535},
 		{"1-byte payload", []byte{0x03}, 3},
+		{"1-byte payload 0", []byte{0x00}, 0},
 		{"non-UTF-8 reason", closePayload(1000, "bad \xff\xfe reason"), 1000},
 		{"non-UTF-8 reason, private code", closePayload(4000, "\xc3\x28"), 4000},
 	}
