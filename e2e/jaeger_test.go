@@ -35,7 +35,7 @@ const (
 
 // TestTracesLandInJaeger runs wsd exactly as docker-compose.yml does
 // (image from the Dockerfile, configuration through WSD_ variables, OTLP
-// over HTTP to a Jaeger v2 on the same network), drives four sessions
+// over HTTP to a Jaeger v2 on the same network), drives five sessions
 // that trip the protections, and checks through Jaeger's query API that
 // each left a ws.session span with the right close attributes and
 // events. Every client sends a W3C traceparent, so each session's span
@@ -100,7 +100,7 @@ func TestTracesLandInJaeger(t *testing.T) {
 	admin := chaos.NewAdmin(w.AdminURL())
 	target := chaos.Target{WS: w.WSURL()}
 
-	// The four sessions run one after the other: each waits for a state
+	// The sessions run one after the other: each waits for a state
 	// the server reports in /debug/stats, and concurrent ones would blur
 	// those counters.
 	pausedTrace := jtPauseResume(ctx, t, target, admin)
