@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -37,9 +38,15 @@ func TestMemoryLimitTurnsALeakIntoADetectedOOMKill(t *testing.T) {
 	}
 	const limit = 24 << 20
 	res := chaos.NewResult("oom-detection", "Self-check: 40 non-reading echo flooders against wsd with 1 MiB pause_bytes under a 24 MiB memory limit; the harness must report the OOM kill.")
-	res.Fault("memory limit %s, 40 flooders × 4 MiB", chaos.MiB(limit))
+	res.Fault("memory limit %s, 40 flooders × 4 MiB, repeated until wsd dies (60s at most)", chaos.MiB(limit))
+	res.MemoryBound = limit
+	var checker *chaos.Checker
 	defer func() {
-		res.Finish(nil)
+		var series []chaos.Sample
+		if checker != nil {
+			series = checker.Stop()
+		}
+		res.Finish(series)
 		resultsMu.Lock()
 		results = append(results, res)
 		resultsMu.Unlock()
@@ -55,12 +62,19 @@ func TestMemoryLimitTurnsALeakIntoADetectedOOMKill(t *testing.T) {
 	defer wsd.Close()
 	target := chaos.Target{WS: wsd.WSURL(), Admin: chaos.NewAdmin(wsd.AdminURL())}
 	defer target.Admin.Close()
+	checker = chaos.NewChecker(target.Admin, wsd.MemoryUsage, chaos.DefaultTolerance)
+	checker.Start(ctx, 250*time.Millisecond)
 	fctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
+	var lastFlood atomic.Value
 	go func() {
-		// The flood's own outcome does not matter: its connections die
-		// with the process.
-		_, _ = chaos.Flood(fctx, target, chaos.FloodConfig{Conns: 40, Messages: 1024, Size: 4096, PauseWait: 30 * time.Second, Timeout: 60 * time.Second})
+		// The flood's own outcome does not matter (its connections die
+		// with the process), but it is repeated until then and its last
+		// error is kept for the failure message.
+		for fctx.Err() == nil {
+			out, err := chaos.Flood(fctx, target, chaos.FloodConfig{Conns: 40, Messages: 1024, Size: 4096, PauseWait: 30 * time.Second, Timeout: 60 * time.Second})
+			lastFlood.Store(fmt.Sprintf("%+v (%v)", out, err))
+		}
 	}()
 	var st wsdcontainer.ExitState
 	err = chaos.Poll(ctx, 60*time.Second, 200*time.Millisecond, func() error {
@@ -74,8 +88,10 @@ func TestMemoryLimitTurnsALeakIntoADetectedOOMKill(t *testing.T) {
 		return nil
 	})
 	cancel()
+	peak, mem := checker.Peak()
 	if !res.Check("wsd was killed", err == nil, "container exited", "running=%v (%v)", st.Running, errText(err)) {
-		t.Errorf("wsd survived a load over its memory limit: %v", err)
+		t.Errorf("wsd survived a load over its memory limit: %v; peak buffered %d, paused %d, memory %s; last flood %v",
+			err, peak.BufferedBytes, peak.Paused, chaos.MiB(mem), lastFlood.Load())
 	}
 	if !res.Check("the harness reports the OOM kill", st.OOMKilled, "OOMKilled=true", "OOMKilled=%v exit=%d", st.OOMKilled, st.ExitCode) {
 		t.Errorf("exit state %+v: want OOMKilled", st)
