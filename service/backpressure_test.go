@@ -232,11 +232,14 @@ func TestEchoLosslessUnderPause(t *testing.T) {
 // TestMaxPausedCloses1013: a connection that stays paused longer than
 // max_paused is closed with 1013; pausing does not trip the heartbeat.
 func TestMaxPausedCloses1013(t *testing.T) {
-	ts := runServer(t, func(c *Config) {
+	// A 4 KiB server send buffer keeps the backlog the client reads at
+	// the end small: through a 4 KiB receive window, megabytes of kernel
+	// buffers take minutes to read.
+	ts := runServerWith(t, func(c *Config) {
 		c.Backpressure.MaxPaused = 1500 * time.Millisecond
 		c.Heartbeat.PingInterval = 100 * time.Millisecond
 		c.Heartbeat.PongTimeout = 100 * time.Millisecond
-	})
+	}, smallSendBuffer)
 	rc, _ := dialRaw(t, ts.wsURL("/ws/echo"), 4096, nil)
 	payload := make([]byte, 16<<10)
 	go func() {

@@ -193,6 +193,11 @@ func (s *Server) shutdown() {
 
 	var buf []*session
 	buf = s.sessions.each(buf, (*session).goAway)
+	// Upgrades already past admission register (and get 1001 at once)
+	// until stopPublic returns; only then has every wg.Add happened, so
+	// only then may wg.Wait start. Sessions drain meanwhile.
+	<-httpDone
+	_ = s.publicSrv.Close()
 	drained := make(chan struct{})
 	go func() { s.wg.Wait(); close(drained) }()
 	select {
@@ -203,8 +208,6 @@ func (s *Server) shutdown() {
 		s.sessions.each(buf, func(ss *session) { ss.abort(reasonForcedShutdown, nil) })
 		<-drained // abort closes sockets: every read loop ends promptly
 	}
-	<-httpDone
-	_ = s.publicSrv.Close()
 	actx, acancel := context.WithTimeout(context.Background(), time.Second)
 	defer acancel()
 	_ = s.adminSrv.Shutdown(actx)
@@ -303,10 +306,6 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, ep Endpoint, to
 		s.obs.UpgradeRejected(r.Context(), r, RejectBadRequest)
 		return
 	}
-	if tc, ok := nc.(*trackedConn); ok {
-		tc.upgraded()
-	}
-
 	sess := &session{
 		srv: s, id: s.nextID.Add(1), endpoint: ep, topic: topic, remote: remote,
 		conn: conn, nc: nc, gc: gc, opened: time.Now(), dying: make(chan struct{}),
@@ -325,6 +324,11 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, ep Endpoint, to
 	s.register(sess)
 	if s.adm.draining.Load() {
 		sess.goAway() // shutdown began while we were upgrading
+	}
+	// Leaving the handshake count only now lets shutdown's stopPublic,
+	// which waits for it to reach zero, know every session is registered.
+	if tc, ok := nc.(*trackedConn); ok {
+		tc.upgraded()
 	}
 	s.log.LogAttrs(sess.ctx, slog.LevelDebug, "connection opened", slog.Uint64("conn_id", sess.id),
 		slog.String("remote", r.RemoteAddr), slog.String("endpoint", string(ep)))
