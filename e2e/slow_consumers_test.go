@@ -109,6 +109,8 @@ func slowConsumers(t *testing.T, policy string) {
 		s.check("no slow subscriber evicted or closed", evicted == 0 && ended == 0, "0 evicted, 0 ended", "%d evicted, %d ended", evicted, ended)
 	}
 	peak, _ := s.checker.Peak()
-	s.res.Note("peak buffered_bytes %d, peak paused %d", peak.BufferedBytes, peak.Paused)
+	limit := int64(fast+slow) * s.cfg.Backpressure.MaxBytes
+	s.check("buffered bytes bounded by max_bytes per subscriber", peak.BufferedBytes <= limit,
+		fmt.Sprintf("<= %d (subscribers × max_bytes)", limit), "peak %d (paused peak %d)", peak.BufferedBytes, peak.Paused)
 	s.finish(20*time.Second, topic)
 }
