@@ -136,6 +136,9 @@ wsd_connections_closed_total{otel_scope_name="x",ws_close_code="invalid",ws_endp
 wsd_connections_active{ws_endpoint="echo"} 1
 wsd_connections_active{ws_endpoint="topic"} 4
 `)
+	if got := SumMetric(m, "wsd_connections_closed_total", `ws_close_code="invalid"`); got != 2 {
+		t.Errorf("filtered sum = %g", got)
+	}
 	if got := sumMetric(m, "wsd_connections_active"); got != 5 {
 		t.Errorf("sum = %g", got)
 	}

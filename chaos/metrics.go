@@ -85,10 +85,21 @@ func (c *Checker) CheckMetrics(ctx context.Context, clientValues []string) (inv 
 
 // sumMetric adds every series of name (any labels); an absent metric (a
 // counter never incremented) sums to 0.
-func sumMetric(samples map[string]float64, name string) float64 {
+func sumMetric(samples map[string]float64, name string) float64 { return SumMetric(samples, name) }
+
+// SumMetric adds the series of name (as returned by Admin.Metrics) that
+// carry every label given as `key="value"`; an absent metric sums to 0.
+func SumMetric(samples map[string]float64, name string, labels ...string) float64 {
 	total := 0.0
 	for k, v := range samples {
-		if (k == name || strings.HasPrefix(k, name+"{")) && !math.IsNaN(v) {
+		if (k != name && !strings.HasPrefix(k, name+"{")) || math.IsNaN(v) {
+			continue
+		}
+		match := true
+		for _, l := range labels {
+			match = match && strings.Contains(k, l)
+		}
+		if match {
 			total += v
 		}
 	}

@@ -42,6 +42,14 @@ func slowConsumers(t *testing.T, policy string) {
 	if err != nil {
 		s.fatal("stats: %v", err)
 	}
+	closed1013 := func() float64 {
+		m, _, _, err := s.target.Admin.Metrics(s.ctx)
+		if err != nil {
+			s.fatal("metrics: %v", err)
+		}
+		return chaos.SumMetric(m, "wsd_connections_closed_total", `ws_close_code="1013"`)
+	}
+	before1013 := closed1013()
 	out, err := chaos.SlowConsumers(s.ctx, s.target, chaos.TopicConfig{
 		Topic: topic, Fast: fast, Slow: slow, Messages: messages, Size: size,
 		SlowReadRate: 2048, SlowRecvBuffer: 4096, PublishRate: rate,
@@ -85,6 +93,11 @@ func slowConsumers(t *testing.T, policy string) {
 		}
 		s.check("every slow subscriber evicted (evicted_total delta)", evicted == slow, fmt.Sprint(slow), "%d", evicted)
 		s.check("every slow subscriber's connection ended by the server", ended == slow, fmt.Sprint(slow), "%d", ended)
+		// The client sees the 1013 frame only if it still fits in the
+		// full socket; wsd's own record of the close code is exact.
+		got1013 := closed1013() - before1013
+		s.check("wsd closed every slow subscriber with 1013 (wsd_connections_closed_total)", got1013 == slow,
+			fmt.Sprintf("+%d with ws_close_code=1013", slow), "+%g", got1013)
 		s.check("slow subscribers saw no close code but 1013", other == 0, "0 other codes", "%d with 1013, %d other, %d without a frame (write timed out on the full socket)", with1013, other, slow-with1013-other)
 		// Under the close policy dropped_total can still move: a publish
 		// that reaches an evicted subscriber between the end of its
