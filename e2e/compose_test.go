@@ -206,6 +206,8 @@ func TestTaskfile(t *testing.T) {
 		t.Helper()
 		cmd := exec.CommandContext(ctx, "go", append([]string{"tool", "task"}, args...)...)
 		cmd.Dir = root
+		// Task colours its output when CI is set; the test reads plain text.
+		cmd.Env = append(os.Environ(), "NO_COLOR=1")
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			t.Fatalf("go tool task %s: %v\n%s", strings.Join(args, " "), err, out)
