@@ -42,6 +42,7 @@ const (
 // is found by its own trace id, which also proves that wsd continues the
 // client's trace.
 func TestTracesLandInJaeger(t *testing.T) {
+	requireDocker(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 
