@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/wsd-dev/wsd/internal/wstest"
 )
 
 // TestAdminHealthAndReadiness: /healthz and /readyz answer 200 with a
@@ -81,25 +83,18 @@ func TestAdminStatsExact(t *testing.T) {
 		t.Fatalf("idle stats %+v, want fd_limit %d and nothing else", idle, rl.Cur)
 	}
 
-	dialRaw(t, ts.wsURL("/ws/echo"), 0, nil)
-	flooder, _ := dialRaw(t, ts.wsURL("/ws/echo"), 4096, nil)
+	wstest.MustDialRaw(t, ts.wsURL("/ws/echo"))
+	flooder := wstest.MustDialRaw(t, ts.wsURL("/ws/echo"), wstest.WithReadBuffer(4096))
 	for _, topic := range []string{"a", "a", "b"} {
-		dialRaw(t, ts.wsURL("/ws/topics/"+topic), 0, nil)
+		wstest.MustDialRaw(t, ts.wsURL("/ws/topics/"+topic))
 	}
-	go func() {
-		payload := make([]byte, 16<<10)
-		for range 1000 { // bounded; ends when the test closes it
-			if flooder.writeFrame(0x2, payload) != nil {
-				return
-			}
-		}
-	}()
+	flood(flooder)
 	// Wait until the flooder is paused and its backlog stable: nothing
 	// is read while paused and its socket is full.
 	// (Sessions register just after their 101, so this polls too.)
 	var st Stats
 	var want int64
-	checkFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+	wstest.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
 		ss := sessionOfClient(ts, flooder.Conn)
 		if ss == nil || !ss.buf.isPaused() {
 			return errors.New("flooder not paused")

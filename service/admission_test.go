@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/wsd-dev/wsd/internal/wstest"
 )
 
 // TestAdmissionStatuses: every capacity and policy refusal is answered
@@ -48,12 +50,12 @@ func TestAdmissionStatuses(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ts := runServerWith(t, tt.mutate, tt.prep)
 			url := ts.wsURL("/ws/echo")
-			var held []*rawConn
+			var held []*wstest.Conn
 			for range tt.hold {
-				c, _ := dialRaw(t, url, 0, nil)
+				c := wstest.MustDialRaw(t, url)
 				held = append(held, c)
 			}
-			c, resp, err := tryDialRaw(url, 0, tt.header)
+			c, resp, err := wstest.DialRaw(url, wstest.WithHeader(tt.header))
 			if err != nil {
 				t.Fatalf("dial: %v", err)
 			}
@@ -87,11 +89,11 @@ func TestAdmissionStatuses(t *testing.T) {
 			}
 			// Held connections still work and a refusal leaked nothing.
 			for i, h := range held {
-				if err := h.writeFrame(0x1, []byte("still here")); err != nil {
+				if err := h.WriteFrame(wstest.OpText, []byte("still here")); err != nil {
 					t.Fatalf("held %d: %v", i, err)
 				}
-				if f, err := h.readFrame(10 * time.Second); err != nil || string(f.payload) != "still here" {
-					t.Fatalf("held %d echo: %q %v", i, f.payload, err)
+				if f, err := h.ReadFrame(10 * time.Second); err != nil || string(f.Payload) != "still here" {
+					t.Fatalf("held %d echo: %q %v", i, f.Payload, err)
 				}
 				h.Close()
 			}
@@ -105,12 +107,12 @@ func TestAdmissionStatuses(t *testing.T) {
 func TestAdmissionPerIPIsPerAddress(t *testing.T) {
 	ts := runServer(t, func(c *Config) { c.Limits.MaxConnectionsPerIP = 1 })
 	url := ts.wsURL("/ws/echo")
-	dialRaw(t, url, 0, nil)
-	if _, resp, err := tryDialRaw(url, 0, nil); err != nil || resp.StatusCode != http.StatusTooManyRequests {
+	wstest.MustDialRaw(t, url)
+	if _, resp, err := wstest.DialRaw(url); err != nil || resp.StatusCode != http.StatusTooManyRequests {
 		t.Fatalf("second from 127.0.0.1: %v %v, want 429", resp, err)
 	}
 	other := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
-	c, resp, err := tryDialRawVia(other, url, 0, nil)
+	c, resp, err := wstest.DialRaw(url, wstest.WithDialer(other))
 	if err != nil {
 		t.Fatalf("dial from 127.0.0.2: %v", err)
 	}
@@ -119,12 +121,7 @@ func TestAdmissionPerIPIsPerAddress(t *testing.T) {
 		t.Fatalf("first from 127.0.0.2: %s, want 101", resp.Status)
 	}
 	// 101 is written before the session is registered: poll.
-	checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
-		if st := ts.Stats(); st.IPEntries != 2 || st.Connections != 2 {
-			return fmt.Errorf("stats %+v, want 2 ip entries and 2 connections", st)
-		}
-		return nil
-	})
+	waitStats(t, ts, "2 ip entries and 2 connections", func(st Stats) bool { return st.IPEntries == 2 && st.Connections == 2 })
 }
 
 // TestAdmissionBadRequest: a request to a /ws path that is not a valid
@@ -188,18 +185,12 @@ func TestAdmissionDraining(t *testing.T) {
 	if _, err := io.WriteString(c, req[:20]); err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, 5*time.Second, 5*time.Millisecond, func() error {
-		if h := ts.Stats().Handshakes; h != 1 {
-			return fmt.Errorf("handshakes %d, want 1", h)
-		}
-		return nil
-	})
+	waitStats(t, ts, "1 handshake", func(st Stats) bool { return st.Handshakes == 1 })
 	if code := getStatus(t, ts.adminURL("/readyz")); code != http.StatusOK {
 		t.Fatalf("/readyz %d before shutdown, want 200", code)
 	}
-	stopped := make(chan error, 1)
-	go func() { stopped <- ts.stop() }()
-	checkFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+	waitStopped := stopInBackground(t, ts)
+	wstest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
 		if code := getStatus(t, ts.adminURL("/readyz")); code != http.StatusServiceUnavailable {
 			return fmt.Errorf("/readyz %d while draining, want 503", code)
 		}
@@ -215,9 +206,7 @@ func TestAdmissionDraining(t *testing.T) {
 	if r := ts.obs.snapshot().rejected; r[RejectDraining] != 1 {
 		t.Fatalf("rejections %v, want one draining", r)
 	}
-	if err := <-stopped; err != nil {
-		t.Fatalf("Serve: %v", err)
-	}
+	waitStopped()
 }
 
 // TestAcceptRefusesOverHandshakeCap: raw TCP connections that never send
@@ -238,12 +227,7 @@ func TestAcceptRefusesOverHandshakeCap(t *testing.T) {
 		defer c.Close()
 		idle = append(idle, c)
 	}
-	checkFor(t, 5*time.Second, 5*time.Millisecond, func() error {
-		if h := ts.Stats().Handshakes; h != 3 {
-			return fmt.Errorf("handshakes %d, want 3", h)
-		}
-		return nil
-	})
+	waitStats(t, ts, "3 handshakes", func(st Stats) bool { return st.Handshakes == 3 })
 	resp, body := rawHTTP(t, addr, upgradeRequest("/ws/echo"))
 	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != "1" {
 		t.Fatalf("over the cap: %s Retry-After %q (%q), want 503 Retry-After 1", resp.Status, resp.Header.Get("Retry-After"), body)
@@ -252,17 +236,7 @@ func TestAcceptRefusesOverHandshakeCap(t *testing.T) {
 		t.Fatalf("stats %+v, want 1 refused at accept and 3 handshakes", st)
 	}
 	idle[0].Close()
-	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
-		c, resp, err := tryDialRaw(ts.wsURL("/ws/echo"), 0, nil)
-		if err != nil {
-			return err
-		}
-		c.Close()
-		if resp.StatusCode != http.StatusSwitchingProtocols {
-			return fmt.Errorf("after a slot freed: %s", resp.Status)
-		}
-		return nil
-	})
+	waitUpgradeOK(t, ts.wsURL("/ws/echo")) // a slot freed
 }
 
 // TestAcceptRefusesAtDescriptorHardCap: above the guard's hard level the

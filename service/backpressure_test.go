@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/lxzan/gws"
+
+	"github.com/wsd-dev/wsd/internal/wstest"
 )
 
 // TestSendBufferHysteresis drives the state machine through levels and
@@ -114,10 +116,10 @@ func TestEchoLosslessUnderPause(t *testing.T) {
 	const total = 50 << 20
 	const count = total / msgSize
 
-	conn, h := dialGWS(t, ts.wsURL("/ws/echo"), false)
+	conn, h := wstest.DialGWS(t, ts.wsURL("/ws/echo"), false)
 	var next atomic.Int64
 	var orderErr atomic.Value
-	h.onMsg = func(b []byte) {
+	h.OnData = func(b []byte) {
 		want := next.Add(1) - 1
 		if got := int64(binary.BigEndian.Uint64(b)); got != want || len(b) != msgSize {
 			orderErr.CompareAndSwap(nil, fmt.Sprintf("message %d: got seq %d len %d", want, got, len(b)))
@@ -145,7 +147,7 @@ func TestEchoLosslessUnderPause(t *testing.T) {
 	// The server must pause reading while the client does not read.
 	var peakBuffered int64
 	var peakHeap uint64
-	checkFor(t, 20*time.Second, 10*time.Millisecond, func() error {
+	wstest.CheckFor(t, 20*time.Second, 10*time.Millisecond, func() error {
 		st := ts.Load()
 		peakBuffered = max(peakBuffered, st.BufferedBytes)
 		if st.Paused < 1 {
@@ -174,7 +176,7 @@ func TestEchoLosslessUnderPause(t *testing.T) {
 	if err := <-writeErr; err != nil {
 		t.Fatalf("client write: %v", err)
 	}
-	checkFor(t, 60*time.Second, 20*time.Millisecond, func() error {
+	wstest.CheckFor(t, 60*time.Second, 20*time.Millisecond, func() error {
 		if n := next.Load(); n != count {
 			return fmt.Errorf("received %d of %d echoes", n, count)
 		}
@@ -225,7 +227,7 @@ func TestEchoLosslessUnderPause(t *testing.T) {
 		t.Fatalf("after drain: %+v", st)
 	}
 	_ = conn.WriteClose(1000, nil)
-	<-h.closed
+	<-h.Closed()
 	waitIdle(t, ts)
 }
 
@@ -240,16 +242,9 @@ func TestMaxPausedCloses1013(t *testing.T) {
 		c.Heartbeat.PingInterval = 100 * time.Millisecond
 		c.Heartbeat.PongTimeout = 100 * time.Millisecond
 	}, smallSendBuffer)
-	rc, _ := dialRaw(t, ts.wsURL("/ws/echo"), 4096, nil)
-	payload := make([]byte, 16<<10)
-	go func() {
-		for range 1000 { // bounded: 16 MiB, far above pause_bytes
-			if rc.writeFrame(0x2, payload) != nil {
-				return
-			}
-		}
-	}()
-	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+	rc := wstest.MustDialRaw(t, ts.wsURL("/ws/echo"), wstest.WithReadBuffer(4096))
+	flood(rc)
+	wstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		if ts.Load().Paused != 1 {
 			return fmt.Errorf("not paused")
 		}
@@ -258,14 +253,14 @@ func TestMaxPausedCloses1013(t *testing.T) {
 	// The peer does not read, so the close frame is best effort: the
 	// server's record says 1013, and the client's stream ends either with
 	// that frame or with EOF — never a hang.
-	code, err := rc.readUntilClose(30 * time.Second)
+	code, err := rc.ReadUntilClose(30 * time.Second)
 	if err == nil && code != CloseTryAgainLater {
 		t.Fatalf("close code %d, want 1013", code)
 	}
 	if err != nil && !isEOF(err) {
 		t.Fatalf("stream ended with %v, want close frame or EOF", err)
 	}
-	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+	wstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		return expectClose(ts, CloseTryAgainLater, reasonPausedTooLong, InitiatorServer)
 	})
 	if hb := ts.obs.snapshot().heartbeat; hb != 0 {

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/lxzan/gws"
+
+	"github.com/wsd-dev/wsd/internal/wstest"
 )
 
 // closePayload is a close frame payload: code and reason.
@@ -22,28 +24,28 @@ func closePayload(code uint16, reason string) []byte {
 // the server closes the TCP connection after its close frame. It fails
 // on a code a server must never send (1005, 1006, 1015 or another
 // reserved value). want 0 means an empty close frame.
-func expectServerClose(t *testing.T, c *rawConn, want uint16) {
+func expectServerClose(t *testing.T, c *wstest.Conn, want uint16) {
 	t.Helper()
-	var f frame
+	var f wstest.Frame
 	for {
 		var err error
-		f, err = c.readFrame(10 * time.Second)
+		f, err = c.ReadFrame(10 * time.Second)
 		if err != nil {
 			t.Fatalf("no close frame from the server: %v", err)
 		}
-		if f.opcode == 0x8 {
+		if f.Opcode == wstest.OpClose {
 			break
 		}
 	}
 	switch {
-	case len(f.payload) == 1:
+	case len(f.Payload) == 1:
 		t.Fatalf("server sent a 1-byte close payload")
-	case len(f.payload) >= 2 && !ValidCloseCode(f.closeCode()):
-		t.Fatalf("server sent reserved or invalid close code %d", f.closeCode())
-	case f.closeCode() != want:
-		t.Fatalf("server close code %d (payload %q), want %d", f.closeCode(), f.payload, want)
+	case len(f.Payload) >= 2 && !ValidCloseCode(f.CloseCode()):
+		t.Fatalf("server sent reserved or invalid close code %d", f.CloseCode())
+	case f.CloseCode() != want:
+		t.Fatalf("server close code %d (payload %q), want %d", f.CloseCode(), f.Payload, want)
 	}
-	if _, err := c.readFrame(10 * time.Second); !isEOF(err) {
+	if _, err := c.ReadFrame(10 * time.Second); !isEOF(err) {
 		t.Fatalf("after the close frame: %v, want the connection closed", err)
 	}
 }
@@ -52,7 +54,7 @@ func expectServerClose(t *testing.T, c *rawConn, want uint16) {
 func lastClose(t *testing.T, ts *testServer) CloseInfo {
 	t.Helper()
 	var info CloseInfo
-	checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+	wstest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
 		snap := ts.obs.snapshot()
 		if len(snap.closes) != 1 {
 			return fmt.Errorf("%d sessions closed, want 1", len(snap.closes))
@@ -68,7 +70,7 @@ func lastClose(t *testing.T, ts *testServer) CloseInfo {
 func waitLog(t *testing.T, ts *testServer, level slog.Level, msg string, attrs map[string]string) capturedLog {
 	t.Helper()
 	var line capturedLog
-	checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+	wstest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
 		got := ts.logs.find(level, msg, attrs)
 		if len(got) != 1 {
 			return fmt.Errorf("%d %s %q lines with %v, want 1", len(got), level, msg, attrs)
@@ -77,6 +79,39 @@ func waitLog(t *testing.T, ts *testServer, level slog.Level, msg string, attrs m
 		return nil
 	})
 	return line
+}
+
+// checkClientClose sends payload as a client's close frame to a new
+// server and checks the answer (reply; 0: an empty close frame) and the
+// report: a client close with code and its label, told to the observer
+// as valid or not, with errInvalidCloseFrame and a warn log line when
+// invalid, an info line and no error when valid; nothing left after.
+func checkClientClose(t *testing.T, payload []byte, code, reply uint16, valid bool) {
+	t.Helper()
+	ts := runServer(t, nil)
+	c := wstest.MustDialRaw(t, ts.wsURL("/ws/echo"))
+	if err := c.WriteFrame(wstest.OpClose, payload); err != nil {
+		t.Fatal(err)
+	}
+	expectServerClose(t, c, reply)
+	var wantErr error // errors.Is(err, nil) means err == nil
+	level := slog.LevelInfo
+	if !valid {
+		wantErr, level = errInvalidCloseFrame, slog.LevelWarn
+	}
+	info := lastClose(t, ts)
+	if info.Initiator != InitiatorClient || info.Code != code || !errors.Is(info.Err, wantErr) {
+		t.Fatalf("close info %+v, want client-initiated %d with error %v", info, code, wantErr)
+	}
+	if info.CodeLabel != CloseCodeLabel(code) {
+		t.Fatalf("code label %q, want %q", info.CodeLabel, CloseCodeLabel(code))
+	}
+	if got := ts.obs.snapshot().received; len(got) != 1 || got[0] != (receivedClose{code, valid}) {
+		t.Fatalf("CloseReceived %+v, want {%d %v}", got, code, valid)
+	}
+	waitLog(t, ts, level, "connection closed", map[string]string{
+		"code": strconv.Itoa(int(code)), "initiator": "client"})
+	waitIdle(t, ts)
 }
 
 // TestInvalidCloseFrames: a close frame that breaks RFC 6455 §7.4 is
@@ -105,25 +140,7 @@ func TestInvalidCloseFrames(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ts := runServer(t, nil)
-			c, _ := dialRaw(t, ts.wsURL("/ws/echo"), 0, nil)
-			if err := c.writeFrame(0x8, tt.payload); err != nil {
-				t.Fatal(err)
-			}
-			expectServerClose(t, c, CloseProtocolError)
-			info := lastClose(t, ts)
-			if info.Initiator != InitiatorClient || info.Code != tt.code || !errors.Is(info.Err, errInvalidCloseFrame) {
-				t.Fatalf("close info %+v, want client-initiated %d with errInvalidCloseFrame", info, tt.code)
-			}
-			if info.CodeLabel != CloseCodeLabel(tt.code) {
-				t.Fatalf("code label %q, want %q", info.CodeLabel, CloseCodeLabel(tt.code))
-			}
-			if got := ts.obs.snapshot().received; len(got) != 1 || got[0] != (receivedClose{tt.code, false}) {
-				t.Fatalf("CloseReceived %+v, want {%d false}", got, tt.code)
-			}
-			waitLog(t, ts, slog.LevelWarn, "connection closed", map[string]string{
-				"code": strconv.Itoa(int(tt.code)), "initiator": "client"})
-			waitIdle(t, ts)
+			checkClientClose(t, tt.payload, tt.code, CloseProtocolError, false)
 		})
 	}
 }
@@ -156,22 +173,7 @@ func TestValidCloseFrames(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ts := runServer(t, nil)
-			c, _ := dialRaw(t, ts.wsURL("/ws/echo"), 0, nil)
-			if err := c.writeFrame(0x8, tt.payload); err != nil {
-				t.Fatal(err)
-			}
-			expectServerClose(t, c, tt.reply)
-			info := lastClose(t, ts)
-			if info.Initiator != InitiatorClient || info.Code != tt.code || info.Err != nil {
-				t.Fatalf("close info %+v, want client-initiated %d without error", info, tt.code)
-			}
-			if got := ts.obs.snapshot().received; len(got) != 1 || got[0] != (receivedClose{tt.code, true}) {
-				t.Fatalf("CloseReceived %+v, want {%d true}", got, tt.code)
-			}
-			waitLog(t, ts, slog.LevelInfo, "connection closed", map[string]string{
-				"code": strconv.Itoa(int(tt.code)), "initiator": "client"})
-			waitIdle(t, ts)
+			checkClientClose(t, tt.payload, tt.code, tt.reply, true)
 		})
 	}
 }
@@ -192,45 +194,45 @@ func TestServerCloseCodes(t *testing.T) {
 	}
 	tests := []struct {
 		name   string
-		send   func(c *rawConn) error
+		send   func(c *wstest.Conn) error
 		code   uint16
 		reason string // prefix of the recorded reason
 	}{
-		{"invalid UTF-8 text", func(c *rawConn) error { return c.writeFrame(0x1, []byte("ok \xff\xfe")) },
+		{"invalid UTF-8 text", func(c *wstest.Conn) error { return c.WriteFrame(wstest.OpText, []byte("ok \xff\xfe")) },
 			CloseInvalidPayload, ""},
-		{"invalid UTF-8 across fragments", func(c *rawConn) error {
-			if err := c.writeFragment(false, 0x1, []byte("ok \xe2\x82")); err != nil {
+		{"invalid UTF-8 across fragments", func(c *wstest.Conn) error {
+			if err := c.WriteFragment(false, wstest.OpText, []byte("ok \xe2\x82")); err != nil {
 				return err
 			}
-			return c.writeFragment(true, 0x0, []byte("\x28"))
+			return c.WriteFragment(true, wstest.OpContinuation, []byte("\x28"))
 		}, CloseInvalidPayload, ""},
-		{"message over max_message_bytes", func(c *rawConn) error { return c.writeFrame(0x2, make([]byte, 1025)) },
+		{"message over max_message_bytes", func(c *wstest.Conn) error { return c.WriteFrame(wstest.OpBinary, make([]byte, 1025)) },
 			CloseMessageTooBig, ""},
-		{"fragmented message over max_message_bytes", func(c *rawConn) error {
-			if err := c.writeFragment(false, 0x2, make([]byte, 600)); err != nil {
+		{"fragmented message over max_message_bytes", func(c *wstest.Conn) error {
+			if err := c.WriteFragment(false, wstest.OpBinary, make([]byte, 600)); err != nil {
 				return err
 			}
-			return c.writeFragment(true, 0x0, make([]byte, 600))
+			return c.WriteFragment(true, wstest.OpContinuation, make([]byte, 600))
 		}, CloseMessageTooBig, ""},
-		{"handler panic", func(c *rawConn) error { return c.writeFrame(0x1, []byte("panic")) },
+		{"handler panic", func(c *wstest.Conn) error { return c.WriteFrame(wstest.OpText, []byte("panic")) },
 			CloseInternalError, reasonInternalError},
-		{"unmasked frame", func(c *rawConn) error {
+		{"unmasked frame", func(c *wstest.Conn) error {
 			_, err := c.Write([]byte{0x81, 2, 'h', 'i'})
 			return err
 		}, CloseProtocolError, ""},
-		{"reserved opcode", func(c *rawConn) error { _, err := c.Write(maskedFrame(0x83, nil)); return err },
+		{"reserved opcode", func(c *wstest.Conn) error { _, err := c.Write(maskedFrame(0x83, nil)); return err },
 			CloseProtocolError, ""},
-		{"RSV1 without extension", func(c *rawConn) error { _, err := c.Write(maskedFrame(0xC1, []byte("x"))); return err },
+		{"RSV1 without extension", func(c *wstest.Conn) error { _, err := c.Write(maskedFrame(0xC1, []byte("x"))); return err },
 			CloseProtocolError, ""},
-		{"fragmented ping", func(c *rawConn) error { _, err := c.Write(maskedFrame(0x09, nil)); return err },
+		{"fragmented ping", func(c *wstest.Conn) error { _, err := c.Write(maskedFrame(0x09, nil)); return err },
 			CloseProtocolError, ""},
-		{"continuation without start", func(c *rawConn) error { return c.writeFrame(0x0, []byte("x")) },
+		{"continuation without start", func(c *wstest.Conn) error { return c.WriteFrame(wstest.OpContinuation, []byte("x")) },
 			CloseProtocolError, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			ts := runServerWith(t, func(c *Config) { c.Limits.MaxMessageBytes = 1024 }, panicky)
-			c, _ := dialRaw(t, ts.wsURL("/ws/echo"), 0, nil)
+			c := wstest.MustDialRaw(t, ts.wsURL("/ws/echo"))
 			if err := tt.send(c); err != nil {
 				t.Fatal(err)
 			}
@@ -238,7 +240,7 @@ func TestServerCloseCodes(t *testing.T) {
 			// Answer as a client should: after its own close frames wsd
 			// waits (up to a bound) for the peer's; after gws's protocol
 			// errors the socket is already closed and this write is lost.
-			_ = c.writeClose(tt.code, nil)
+			_ = c.WriteClose(tt.code, "")
 			info := lastClose(t, ts)
 			if info.Initiator != InitiatorServer || info.Code != tt.code || !strings.HasPrefix(info.Reason, tt.reason) {
 				t.Fatalf("close info %+v, want server-initiated %d %q", info, tt.code, tt.reason)
@@ -247,12 +249,12 @@ func TestServerCloseCodes(t *testing.T) {
 				t.Fatalf("CloseReceived %+v for a server close, want none", got)
 			}
 			// The process lives on and serves the next client.
-			c2, _ := dialRaw(t, ts.wsURL("/ws/echo"), 0, nil)
-			if err := c2.writeFrame(0x1, []byte("after")); err != nil {
+			c2 := wstest.MustDialRaw(t, ts.wsURL("/ws/echo"))
+			if err := c2.WriteFrame(wstest.OpText, []byte("after")); err != nil {
 				t.Fatal(err)
 			}
-			if f, err := c2.readFrame(10 * time.Second); err != nil || string(f.payload) != "after" {
-				t.Fatalf("echo after the close: %q %v", f.payload, err)
+			if f, err := c2.ReadFrame(10 * time.Second); err != nil || string(f.Payload) != "after" {
+				t.Fatalf("echo after the close: %q %v", f.Payload, err)
 			}
 			c2.Close()
 			waitIdle(t, ts)
@@ -266,12 +268,12 @@ func TestPanicIsLogged(t *testing.T) {
 	ts := runServerWith(t, nil, func(s *Server) {
 		s.testHook = func(*session, *gws.Message) { panic("boom") }
 	})
-	c, _ := dialRaw(t, ts.wsURL("/ws/topics/t"), 0, nil)
-	if err := c.writeFrame(0x2, []byte("x")); err != nil {
+	c := wstest.MustDialRaw(t, ts.wsURL("/ws/topics/t"))
+	if err := c.WriteFrame(wstest.OpBinary, []byte("x")); err != nil {
 		t.Fatal(err)
 	}
 	expectServerClose(t, c, CloseInternalError)
-	_ = c.writeClose(CloseInternalError, nil)
+	_ = c.WriteClose(CloseInternalError, "")
 	waitLog(t, ts, slog.LevelError, "panic while handling a message; closing with 1011", map[string]string{"panic": "boom"})
 	waitLog(t, ts, slog.LevelInfo, "connection closed", map[string]string{
 		"code": "1011", "initiator": "server", "topic": "t", "endpoint": "topic"})
@@ -282,16 +284,16 @@ func TestPanicIsLogged(t *testing.T) {
 // an operator needs.
 func TestCloseLogLine(t *testing.T) {
 	ts := runServer(t, nil)
-	c, _ := dialRaw(t, ts.wsURL("/ws/echo"), 0, nil)
+	c := wstest.MustDialRaw(t, ts.wsURL("/ws/echo"))
 	for range 3 {
-		if err := c.writeFrame(0x2, []byte("12345")); err != nil {
+		if err := c.WriteFrame(wstest.OpBinary, []byte("12345")); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := c.readFrame(10 * time.Second); err != nil {
+		if _, err := c.ReadFrame(10 * time.Second); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := c.writeClose(3001, []byte(strings.Repeat("r", 100))); err != nil {
+	if err := c.WriteClose(3001, strings.Repeat("r", 100)); err != nil {
 		t.Fatal(err)
 	}
 	expectServerClose(t, c, 3001)

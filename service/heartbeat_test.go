@@ -5,12 +5,13 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/lxzan/gws"
+
+	"github.com/wsd-dev/wsd/internal/wstest"
 )
 
 // fastHeartbeat shrinks the heartbeat so a silent peer is reaped within
@@ -31,8 +32,8 @@ func TestHeartbeatReapsSilentPeer(t *testing.T) {
 			if !ok {
 				t.Fatal("cannot count descriptors")
 			}
-			c, _ := dialRaw(t, ts.wsURL(path), 0, nil)
-			checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+			c := wstest.MustDialRaw(t, ts.wsURL(path))
+			wstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 				return expectClose(ts, CloseHeartbeatTimeout, reasonHeartbeat, InitiatorServer)
 			})
 			if hb := ts.obs.snapshot().heartbeat; hb != 1 {
@@ -40,7 +41,7 @@ func TestHeartbeatReapsSilentPeer(t *testing.T) {
 			}
 			waitIdle(t, ts)
 			// Only the client's own end is still open.
-			checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+			wstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 				if n, _ := countOpenFDs(); n > before+1 {
 					return fmt.Errorf("%d descriptors open, want at most %d", n, before+1)
 				}
@@ -49,23 +50,23 @@ func TestHeartbeatReapsSilentPeer(t *testing.T) {
 			// The client saw pings, then the close frame, then EOF.
 			pings := 0
 			for {
-				f, err := c.readFrame(10 * time.Second)
+				f, err := c.ReadFrame(10 * time.Second)
 				if err != nil {
 					t.Fatalf("no close frame after %d pings: %v", pings, err)
 				}
-				if f.opcode == 0x9 {
+				if f.Opcode == wstest.OpPing {
 					pings++
 					continue
 				}
-				if f.opcode != 0x8 || f.closeCode() != CloseHeartbeatTimeout {
-					t.Fatalf("frame %d %q, want close 4000", f.opcode, f.payload)
+				if f.Opcode != wstest.OpClose || f.CloseCode() != CloseHeartbeatTimeout {
+					t.Fatalf("frame %d %q, want close 4000", f.Opcode, f.Payload)
 				}
 				break
 			}
 			if pings < 1 {
 				t.Fatalf("no ping before the heartbeat timeout")
 			}
-			if _, err := c.readFrame(10 * time.Second); !isEOF(err) {
+			if _, err := c.ReadFrame(10 * time.Second); !isEOF(err) {
 				t.Fatalf("after close: %v, want EOF", err)
 			}
 			if st := ts.Stats(); st.HeartbeatTimeoutsTotal != 1 {
@@ -90,43 +91,24 @@ func TestHeartbeatKeepsLivePeers(t *testing.T) {
 	reap := ts.cfg.Heartbeat.PingInterval + ts.cfg.Heartbeat.PongTimeout
 	pingsPerPeriod := int64(reap / ts.cfg.Heartbeat.PingInterval)
 
-	_, answering := dialGWS(t, ts.wsURL("/ws/echo"), true)
+	_, answering := wstest.DialGWS(t, ts.wsURL("/ws/echo"), true)
 
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
 	var pinged, sent atomic.Int64
 	every := reap / 8
 	const maxFrames = 1000 // bound: ≥ 8×periods frames are needed
 	for _, p := range []struct {
 		opcode byte
 		count  *atomic.Int64
-	}{{0x9, &pinged}, {0x2, &sent}} {
-		c, _ := dialRaw(t, ts.wsURL("/ws/topics/live"), 0, nil)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			tick := time.NewTicker(every)
-			defer tick.Stop()
-			for range maxFrames {
-				select {
-				case <-stop:
-					return
-				case <-tick.C:
-				}
-				if c.writeFrame(p.opcode, []byte("x")) != nil {
-					return
-				}
-				p.count.Add(1)
-			}
-		}()
+	}{{wstest.OpPing, &pinged}, {wstest.OpBinary, &sent}} {
+		c := wstest.MustDialRaw(t, ts.wsURL("/ws/topics/live"))
+		defer writeEvery(c, p.opcode, []byte("x"), every, maxFrames, p.count)()
 	}
-	defer func() { close(stop); wg.Wait() }()
 
-	checkFor(t, 60*time.Second, 20*time.Millisecond, func() error {
+	wstest.CheckFor(t, 60*time.Second, 20*time.Millisecond, func() error {
 		// Pings come every ping_interval, the raw peers' frames every
 		// reap/8: these counts span periods reap deadlines.
-		if answering.pings.Load() < pingsPerPeriod*periods || pinged.Load() < 8*periods || sent.Load() < 8*periods {
-			return fmt.Errorf("pings answered %d, pinged %d, sent %d", answering.pings.Load(), pinged.Load(), sent.Load())
+		if answering.Pings() < pingsPerPeriod*periods || pinged.Load() < 8*periods || sent.Load() < 8*periods {
+			return fmt.Errorf("pings answered %d, pinged %d, sent %d", answering.Pings(), pinged.Load(), sent.Load())
 		}
 		return nil
 	})
@@ -147,16 +129,9 @@ func TestHeartbeatSparesPausedConnection(t *testing.T) {
 		c.Backpressure.MaxPaused = 10 * time.Minute
 		c.Backpressure.WriteTimeout = 10 * time.Minute
 	}, smallSendBuffer)
-	c, _ := dialRaw(t, ts.wsURL("/ws/echo"), 4096, nil)
-	go func() {
-		payload := make([]byte, 16<<10)
-		for range 1000 { // bounded: 16 MiB, far above pause_bytes
-			if c.writeFrame(0x2, payload) != nil {
-				return
-			}
-		}
-	}()
-	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+	c := wstest.MustDialRaw(t, ts.wsURL("/ws/echo"), wstest.WithReadBuffer(4096))
+	flood(c)
+	wstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		if p := ts.Load().Paused; p != 1 {
 			return fmt.Errorf("paused %d", p)
 		}
@@ -269,35 +244,12 @@ func TestWriteTimeoutDespitePings(t *testing.T) {
 		c.Backpressure.SlowConsumer = SlowConsumerDrop
 	})
 	url := ts.wsURL("/ws/topics/stuck")
-	sub, _ := dialRaw(t, url, 4096, nil)
-	pub, _ := dialGWS(t, url, true)
-	checkFor(t, 5*time.Second, 5*time.Millisecond, func() error {
-		if n := ts.Stats().Subscribers; n != 2 {
-			return fmt.Errorf("subscribers %d", n)
-		}
-		return nil
-	})
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
+	sub := wstest.MustDialRaw(t, url, wstest.WithReadBuffer(4096))
+	pub, _ := wstest.DialGWS(t, url, true)
+	waitStats(t, ts, "2 subscribers", func(st Stats) bool { return st.Subscribers == 2 })
 	var pings atomic.Int64
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		tick := time.NewTicker(20 * time.Millisecond)
-		defer tick.Stop()
-		for range 3000 { // bounded: a minute of pings
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-			}
-			if sub.writeFrame(0x9, []byte("alive")) != nil {
-				return
-			}
-			pings.Add(1)
-		}
-	}()
-	defer func() { close(stop); wg.Wait() }()
+	// Bounded: a minute of pings.
+	defer writeEvery(sub, wstest.OpPing, []byte("alive"), 20*time.Millisecond, 3000, &pings)()
 
 	payload := make([]byte, 16<<10)
 	closed := func() bool { return expectClose(ts, closeAbnormal, reasonWriteTimeout, InitiatorAbnormal) == nil }
@@ -306,7 +258,7 @@ func TestWriteTimeoutDespitePings(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	checkFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+	wstest.CheckFor(t, 30*time.Second, 10*time.Millisecond, func() error {
 		return expectClose(ts, closeAbnormal, reasonWriteTimeout, InitiatorAbnormal)
 	})
 	if p := pings.Load(); p < 10 {
@@ -326,23 +278,21 @@ func TestWriteTimeoutDespitePings(t *testing.T) {
 func TestMessageRateShaping(t *testing.T) {
 	const rate, burst, n = 50, 5, 60
 	ts := runServer(t, func(c *Config) { c.Limits.MessageRate, c.Limits.MessageBurst = rate, burst })
-	conn, h := dialGWS(t, ts.wsURL("/ws/echo"), true)
+	conn, h := wstest.DialGWS(t, ts.wsURL("/ws/echo"), true)
 	start := time.Now()
 	for i := range n {
 		if err := conn.WriteMessage(gws.OpcodeBinary, seqPayload(i, 64)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	checkFor(t, 30*time.Second, 10*time.Millisecond, func() error {
-		if h.count() != n {
-			return fmt.Errorf("%d of %d echoed", h.count(), n)
+	wstest.CheckFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+		if h.Count() != n {
+			return fmt.Errorf("%d of %d echoed", h.Count(), n)
 		}
 		return nil
 	})
 	elapsed := time.Since(start)
-	h.mu.Lock()
-	checkOrdered(t, h.msgs, n)
-	h.mu.Unlock()
+	checkOrdered(t, h.Messages(), n)
 	// Shaping is a lower bound on time: after the burst, reading the
 	// other n-burst messages takes at least (n-burst)/rate. Allow 20%
 	// for the token bucket's rounding; no upper bound is asserted.

@@ -12,12 +12,15 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/lxzan/gws"
 	"go.uber.org/goleak"
+
+	"github.com/wsd-dev/wsd/internal/wstest"
 )
 
 func TestMain(m *testing.M) {
@@ -83,27 +86,10 @@ func runServerWith(t testing.TB, mutate func(*Config), prep func(*Server), opts 
 	if prep != nil {
 		prep(srv)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	select {
-	case <-srv.Ready():
-	case err := <-done:
-		cancel()
-		t.Fatalf("Serve: %v", err)
-	}
-	var once sync.Once
-	var result error
-	stop := func() error {
-		once.Do(func() { cancel(); result = <-done })
-		return result
-	}
-	t.Cleanup(func() {
-		if err := stop(); err != nil {
-			t.Errorf("Serve returned %v", err)
-		}
-		logs.finish()
-	})
+	// Registered before Serve's cleanup, so it runs after the server
+	// stopped: lines logged while stopping still reach the test log.
+	t.Cleanup(logs.finish)
+	stop := wstest.Serve(t, srv.Serve, srv.Ready())
 	return &testServer{Server: srv, obs: rec, logs: logs, stop: stop}
 }
 
@@ -197,27 +183,11 @@ next:
 	return out
 }
 
-// checkFor polls f every `every` until it returns nil or total elapses.
-func checkFor(t testing.TB, total, every time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(total)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met after %s: %v", total, err)
-		}
-		time.Sleep(every)
-	}
-}
-
 // waitIdle waits until the server holds no session state at all.
 func waitIdle(t testing.TB, ts *testServer) Stats {
 	t.Helper()
 	var st Stats
-	checkFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+	wstest.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
 		st = ts.Stats()
 		if st.Connections != 0 || st.EchoConnections != 0 || st.TopicConnections != 0 || st.Paused != 0 ||
 			st.BufferedBytes != 0 || st.Topics != 0 || st.Subscribers != 0 || st.IPEntries != 0 || st.Handshakes != 0 {
@@ -358,4 +328,93 @@ func sessionOfClient(ts *testServer, c net.Conn) *session {
 		}
 	})
 	return found
+}
+
+// waitStats polls the server's Stats until ok holds and returns them;
+// want says what ok checks, for the failure message.
+func waitStats(t testing.TB, ts *testServer, want string, ok func(Stats) bool) Stats {
+	t.Helper()
+	var st Stats
+	wstest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		if st = ts.Stats(); !ok(st) {
+			return fmt.Errorf("stats %+v, want %s", st, want)
+		}
+		return nil
+	})
+	return st
+}
+
+// stopInBackground starts the graceful shutdown (cancels Serve) and
+// returns a function that waits for Serve to return, failing the test
+// unless it returns nil within 30 s.
+func stopInBackground(t testing.TB, ts *testServer) (waitStopped func()) {
+	stopped := make(chan error, 1)
+	go func() { stopped <- ts.stop() }()
+	return func() {
+		t.Helper()
+		select {
+		case err := <-stopped:
+			if err != nil {
+				t.Fatalf("Serve returned %v, want nil", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("Serve did not return within 30 s")
+		}
+	}
+}
+
+// waitUpgradeOK polls until an upgrade to url is answered 101.
+func waitUpgradeOK(t testing.TB, url string) {
+	t.Helper()
+	wstest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		c, resp, err := wstest.DialRaw(url)
+		if err != nil {
+			return err
+		}
+		c.Close()
+		if resp.StatusCode != http.StatusSwitchingProtocols {
+			return fmt.Errorf("upgrade answered %s", resp.Status)
+		}
+		return nil
+	})
+}
+
+// flood writes 16 MiB of echo requests (16 KiB frames, far above
+// pause_bytes) from a client that does not read, in the background. It
+// stops at the first failed write: when the server or the test closes
+// the connection.
+func flood(c *wstest.Conn) {
+	go func() {
+		payload := make([]byte, 16<<10)
+		for range 1000 {
+			if c.WriteFrame(wstest.OpBinary, payload) != nil {
+				return
+			}
+		}
+	}()
+}
+
+// writeEvery writes a frame (opcode, payload) to c every `every`, at
+// most maxFrames times, counting each in count, until a write fails or
+// the returned stop is called; stop waits for the writer to end.
+func writeEvery(c *wstest.Conn, opcode byte, payload []byte, every time.Duration, maxFrames int, count *atomic.Int64) (stop func()) {
+	done := make(chan struct{})
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for range maxFrames {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+			if c.WriteFrame(opcode, payload) != nil {
+				return
+			}
+			count.Add(1)
+		}
+	}()
+	return func() { close(done); <-ended }
 }

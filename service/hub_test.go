@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/lxzan/gws"
+
+	"github.com/wsd-dev/wsd/internal/wstest"
 )
 
 // seqPayload is a message whose first 8 bytes are its sequence number.
@@ -39,32 +41,27 @@ func checkOrdered(t *testing.T, msgs [][]byte, wantAll int) {
 func TestTopicFanout(t *testing.T) {
 	ts := runServer(t, nil)
 	url := ts.wsURL("/ws/topics/room-1")
-	pub, pubH := dialGWS(t, url, true)
-	_, a := dialGWS(t, url, true)
-	_, b := dialGWS(t, url, true)
-	_, other := dialGWS(t, ts.wsURL("/ws/topics/room.2"), true)
-	checkFor(t, 5*time.Second, 5*time.Millisecond, func() error {
-		if st := ts.Stats(); st.Topics != 2 || st.Subscribers != 4 {
-			return fmt.Errorf("topics %d subscribers %d", st.Topics, st.Subscribers)
-		}
-		return nil
-	})
+	pub, pubH := wstest.DialGWS(t, url, true)
+	_, a := wstest.DialGWS(t, url, true)
+	_, b := wstest.DialGWS(t, url, true)
+	_, other := wstest.DialGWS(t, ts.wsURL("/ws/topics/room.2"), true)
+	waitStats(t, ts, "2 topics and 4 subscribers", func(st Stats) bool { return st.Topics == 2 && st.Subscribers == 4 })
 	const n = 200
 	for i := range n {
 		if err := pub.WriteMessage(gws.OpcodeBinary, seqPayload(i, 512)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
-		if a.count() != n || b.count() != n {
-			return fmt.Errorf("a %d b %d of %d", a.count(), b.count(), n)
+	wstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if a.Count() != n || b.Count() != n {
+			return fmt.Errorf("a %d b %d of %d", a.Count(), b.Count(), n)
 		}
 		return nil
 	})
-	checkOrdered(t, a.msgs, n)
-	checkOrdered(t, b.msgs, n)
-	if pubH.count() != 0 || other.count() != 0 {
-		t.Fatalf("sender got %d, other topic got %d; want 0 and 0", pubH.count(), other.count())
+	checkOrdered(t, a.Messages(), n)
+	checkOrdered(t, b.Messages(), n)
+	if pubH.Count() != 0 || other.Count() != 0 {
+		t.Fatalf("sender got %d, other topic got %d; want 0 and 0", pubH.Count(), other.Count())
 	}
 }
 
@@ -90,22 +87,17 @@ func TestSlowConsumerIsolation(t *testing.T) {
 				c.Backpressure.WriteTimeout = 2 * time.Minute
 			})
 			url := ts.wsURL("/ws/topics/feed")
-			slow, _ := dialRaw(t, url, 64<<10, nil) // never reads until the end
-			_, fast := dialGWS(t, url, true)
-			pub, _ := dialGWS(t, url, true)
-			checkFor(t, 5*time.Second, 5*time.Millisecond, func() error {
-				if ts.Stats().Subscribers != 3 {
-					return fmt.Errorf("subscribers %d", ts.Stats().Subscribers)
-				}
-				return nil
-			})
+			slow := wstest.MustDialRaw(t, url, wstest.WithReadBuffer(64<<10)) // never reads until the end
+			_, fast := wstest.DialGWS(t, url, true)
+			pub, _ := wstest.DialGWS(t, url, true)
+			waitStats(t, ts, "3 subscribers", func(st Stats) bool { return st.Subscribers == 3 })
 			// 12 MiB through a 512 KiB max_bytes: far more than the
 			// kernel buffers of the slow connection absorb.
 			const n, size, window = 768, 16 << 10, 8
 			publish := func(from, to int) {
 				for i := from; i < to; i++ {
-					checkFor(t, 30*time.Second, time.Millisecond, func() error {
-						if got := fast.count(); i-got > window {
+					wstest.CheckFor(t, 30*time.Second, time.Millisecond, func() error {
+						if got := fast.Count(); i-got > window {
 							return fmt.Errorf("fast subscriber stuck at %d of %d sent", got, i)
 						}
 						return nil
@@ -114,21 +106,19 @@ func TestSlowConsumerIsolation(t *testing.T) {
 						t.Fatal(err)
 					}
 				}
-				checkFor(t, 30*time.Second, 10*time.Millisecond, func() error {
-					if fast.count() != to {
-						return fmt.Errorf("fast subscriber got %d of %d", fast.count(), to)
+				wstest.CheckFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+					if fast.Count() != to {
+						return fmt.Errorf("fast subscriber got %d of %d", fast.Count(), to)
 					}
 					return nil
 				})
-				fast.mu.Lock()
-				defer fast.mu.Unlock()
-				checkOrdered(t, fast.msgs, to)
+				checkOrdered(t, fast.Messages(), to)
 			}
 			publish(0, n)
 
 			switch policy {
 			case SlowConsumerClose:
-				checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+				wstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 					return expectClose(ts, CloseTryAgainLater, reasonSlowConsumer, InitiatorServer)
 				})
 				snap := ts.obs.snapshot()
@@ -145,20 +135,20 @@ func TestSlowConsumerIsolation(t *testing.T) {
 				// socket was full when it was evicted).
 				var got [][]byte
 				for {
-					f, err := slow.readFrame(20 * time.Second)
+					f, err := slow.ReadFrame(20 * time.Second)
 					if err != nil {
 						if !isEOF(err) {
 							t.Fatalf("slow consumer stream after %d messages: %v", len(got), err)
 						}
 						break
 					}
-					if f.opcode == 0x8 {
-						if f.closeCode() != CloseTryAgainLater {
-							t.Fatalf("slow consumer got close %d, want 1013", f.closeCode())
+					if f.Opcode == wstest.OpClose {
+						if f.CloseCode() != CloseTryAgainLater {
+							t.Fatalf("slow consumer got close %d, want 1013", f.CloseCode())
 						}
 						break
 					}
-					got = append(got, f.payload)
+					got = append(got, f.Payload)
 				}
 				checkOrdered(t, got, 0)
 				if len(got) >= n {
@@ -185,12 +175,12 @@ func TestSlowConsumerIsolation(t *testing.T) {
 				var got [][]byte
 				readSlow := func(sent int, dropped int64) {
 					for len(got)+int(dropped) < sent {
-						f, err := slow.readFrame(20 * time.Second)
+						f, err := slow.ReadFrame(20 * time.Second)
 						if err != nil {
 							t.Fatalf("slow reader after %d messages (%d dropped): %v", len(got), dropped, err)
 						}
-						if f.opcode == 0x2 {
-							got = append(got, f.payload)
+						if f.Opcode == wstest.OpBinary {
+							got = append(got, f.Payload)
 						}
 					}
 					checkOrdered(t, got, 0)

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/lxzan/gws"
+
+	"github.com/wsd-dev/wsd/internal/wstest"
 )
 
 // closeMode is how one connection of TestCleanupAfterMixedCloses ends.
@@ -36,7 +38,7 @@ func runMixedClose(ts *testServer, i int, mode closeMode) error {
 	if mode == byResetPaused {
 		path = "/ws/echo"
 	}
-	c, resp, err := tryDialRaw(ts.wsURL(path), 0, nil)
+	c, resp, err := wstest.DialRaw(ts.wsURL(path))
 	if err != nil {
 		return err
 	}
@@ -44,17 +46,17 @@ func runMixedClose(ts *testServer, i int, mode closeMode) error {
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		return fmt.Errorf("upgrade: %s", resp.Status)
 	}
-	if err := c.writeFrame(0x2, seqPayload(i, 256)); err != nil {
+	if err := c.WriteFrame(wstest.OpBinary, seqPayload(i, 256)); err != nil {
 		return err
 	}
 	switch mode {
 	case byClientClose:
-		if err := c.writeClose(CloseNormal, []byte("bye")); err != nil {
+		if err := c.WriteClose(CloseNormal, "bye"); err != nil {
 			return err
 		}
 		return drainToEOF(c)
 	case byServerClose:
-		if err := c.writeFrame(0x1, []byte{0xff}); err != nil {
+		if err := c.WriteFrame(wstest.OpText, []byte{0xff}); err != nil {
 			return err
 		}
 		return drainToEOF(c)
@@ -67,7 +69,7 @@ func runMixedClose(ts *testServer, i int, mode closeMode) error {
 		// pause the reader; wait for the pause, then reset.
 		payload := make([]byte, 16<<10)
 		for range 32 {
-			if err := c.writeFrame(0x2, payload); err != nil {
+			if err := c.WriteFrame(wstest.OpBinary, payload); err != nil {
 				return err
 			}
 		}
@@ -84,9 +86,9 @@ func runMixedClose(ts *testServer, i int, mode closeMode) error {
 }
 
 // drainToEOF reads until the server closes the connection.
-func drainToEOF(c *rawConn) error {
+func drainToEOF(c *wstest.Conn) error {
 	for {
-		if _, err := c.readFrame(10 * time.Second); err != nil {
+		if _, err := c.ReadFrame(10 * time.Second); err != nil {
 			if isEOF(err) {
 				return nil
 			}
@@ -155,7 +157,7 @@ func TestCleanupAfterMixedCloses(t *testing.T) {
 	}
 
 	var st Stats
-	checkFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+	wstest.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
 		st = fetchStats(t, ts)
 		if st.Connections != 0 || st.EchoConnections != 0 || st.TopicConnections != 0 || st.Paused != 0 ||
 			st.BufferedBytes != 0 || st.Topics != 0 || st.Subscribers != 0 || st.IPEntries != 0 || st.Handshakes != 0 {
@@ -212,7 +214,7 @@ func TestShutdown(t *testing.T) {
 
 	type client struct {
 		conn *gws.Conn
-		h    *gwsClient
+		h    *wstest.Client
 		sent atomic.Int64
 	}
 	var clients []*client
@@ -221,7 +223,7 @@ func TestShutdown(t *testing.T) {
 		if i >= 7 {
 			path = "/ws/topics/news"
 		}
-		conn, h := dialGWS(t, ts.wsURL(path), true)
+		conn, h := wstest.DialGWS(t, ts.wsURL(path), true)
 		clients = append(clients, &client{conn: conn, h: h})
 	}
 	// Three echo clients are mid-echo: they write until the server closes.
@@ -239,30 +241,22 @@ func TestShutdown(t *testing.T) {
 		}()
 	}
 	// A client that floods and never reads: its writes are stuck.
-	stuck, _ := dialRaw(t, ts.wsURL("/ws/echo"), 4096, nil)
-	go func() {
-		payload := make([]byte, 16<<10)
-		for range 1000 { // bounded; ends when the server resets it
-			if stuck.writeFrame(0x2, payload) != nil {
-				return
-			}
-		}
-	}()
-	checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+	stuck := wstest.MustDialRaw(t, ts.wsURL("/ws/echo"), wstest.WithReadBuffer(4096))
+	flood(stuck)
+	wstest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
 		ss := sessionOfClient(ts, stuck.Conn)
 		if ss == nil || !ss.buf.isPaused() {
 			return errors.New("the stuck client is not paused yet")
 		}
-		if st := ts.Stats(); st.Connections != 11 || clients[0].h.count() < 10 {
-			return fmt.Errorf("not ready: %+v, first client echoed %d", st, clients[0].h.count())
+		if st := ts.Stats(); st.Connections != 11 || clients[0].h.Count() < 10 {
+			return fmt.Errorf("not ready: %+v, first client echoed %d", st, clients[0].h.Count())
 		}
 		return nil
 	})
 
-	stopped := make(chan error, 1)
-	go func() { stopped <- ts.stop() }()
+	waitStopped := stopInBackground(t, ts)
 	// The stuck client holds the drain open until drain_timeout.
-	checkFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+	wstest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
 		if code := getStatus(t, ts.adminURL("/readyz")); code != http.StatusServiceUnavailable {
 			return fmt.Errorf("/readyz %d while draining", code)
 		}
@@ -276,38 +270,29 @@ func TestShutdown(t *testing.T) {
 	}
 	for i, c := range clients {
 		select {
-		case <-c.h.closed:
+		case <-c.h.Closed():
 		case <-time.After(20 * time.Second):
 			t.Fatalf("client %d not closed", i)
 		}
-		if c.h.code != CloseGoingAway {
-			t.Fatalf("client %d got close code %d (%v), want 1001", i, c.h.code, c.h.err)
+		if c.h.CloseCode() != CloseGoingAway {
+			t.Fatalf("client %d got close code %d (%v), want 1001", i, c.h.CloseCode(), c.h.Err())
 		}
 	}
 	wg.Wait()
 	// Mid-echo clients got a gap-free prefix of what they sent.
 	for i, c := range clients[:3] {
-		c.h.mu.Lock()
-		for j, m := range c.h.msgs {
+		msgs := c.h.Messages()
+		for j, m := range msgs {
 			if seq := binary.BigEndian.Uint64(m); seq != uint64(j) {
-				c.h.mu.Unlock()
 				t.Fatalf("client %d: echo %d has seq %d", i, j, seq)
 			}
 		}
-		got := len(c.h.msgs)
-		c.h.mu.Unlock()
+		got := len(msgs)
 		if int64(got) > c.sent.Load() {
 			t.Fatalf("client %d: %d echoes for %d sent", i, got, c.sent.Load())
 		}
 	}
-	select {
-	case err := <-stopped:
-		if err != nil {
-			t.Fatalf("Serve returned %v, want nil", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("Serve did not return after drain_timeout")
-	}
+	waitStopped() // after drain_timeout
 	if err := expectClose(ts, closeAbnormal, reasonForcedShutdown, InitiatorAbnormal); err != nil {
 		t.Fatal(err)
 	}
@@ -328,14 +313,14 @@ func TestShutdown(t *testing.T) {
 	// Each mid-echo client received every echo its session wrote before
 	// the 1001 (the server does not count a write that failed).
 	for i, c := range clients[:3] {
-		n := int64(c.h.count())
+		n := int64(c.h.Count())
 		if written[n] == 0 {
 			t.Fatalf("client %d received %d echoes; sessions wrote %v", i, n, written)
 		}
 		written[n]--
 	}
 	// Stopped accepting.
-	if c, resp, err := tryDialRaw(ts.wsURL("/ws/echo"), 0, nil); err == nil {
+	if c, resp, err := wstest.DialRaw(ts.wsURL("/ws/echo")); err == nil {
 		c.Close()
 		t.Fatalf("upgrade after shutdown answered %s, want connection refused", resp.Status)
 	}
@@ -354,22 +339,8 @@ func TestShutdownIdle(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	checkFor(t, 5*time.Second, 5*time.Millisecond, func() error {
-		if h := ts.Stats().Handshakes; h != 1 {
-			return fmt.Errorf("handshakes %d", h)
-		}
-		return nil
-	})
-	stopped := make(chan error, 1)
-	go func() { stopped <- ts.stop() }()
-	select {
-	case err := <-stopped:
-		if err != nil {
-			t.Fatalf("Serve: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("Serve did not return")
-	}
+	waitStats(t, ts, "1 handshake", func(st Stats) bool { return st.Handshakes == 1 })
+	stopInBackground(t, ts)()
 	if st := ts.Stats(); st.Handshakes != 0 {
 		t.Fatalf("handshakes %d after shutdown", st.Handshakes)
 	}
@@ -381,28 +352,22 @@ func TestShutdownIdle(t *testing.T) {
 // force-closed. Serve returns nil either way.
 func TestShutdownWaitsForCloseHandshake(t *testing.T) {
 	ts := runServer(t, func(c *Config) { c.Shutdown.DrainTimeout = time.Second })
-	polite, _ := dialRaw(t, ts.wsURL("/ws/echo"), 0, nil)
-	silent, _ := dialRaw(t, ts.wsURL("/ws/topics/x"), 0, nil)
-	checkFor(t, 5*time.Second, 5*time.Millisecond, func() error {
-		if n := ts.Stats().Connections; n != 2 {
-			return fmt.Errorf("connections %d", n)
-		}
-		return nil
-	})
-	stopped := make(chan error, 1)
-	go func() { stopped <- ts.stop() }()
+	polite := wstest.MustDialRaw(t, ts.wsURL("/ws/echo"))
+	silent := wstest.MustDialRaw(t, ts.wsURL("/ws/topics/x"))
+	waitStats(t, ts, "2 connections", func(st Stats) bool { return st.Connections == 2 })
+	waitStopped := stopInBackground(t, ts)
 
-	for _, c := range []*rawConn{polite, silent} {
-		code, err := c.readUntilClose(10 * time.Second)
+	for _, c := range []*wstest.Conn{polite, silent} {
+		code, err := c.ReadUntilClose(10 * time.Second)
 		if err != nil || code != CloseGoingAway {
 			t.Fatalf("got close %d (%v), want 1001", code, err)
 		}
 	}
-	if err := polite.writeClose(CloseGoingAway, nil); err != nil {
+	if err := polite.WriteClose(CloseGoingAway, ""); err != nil {
 		t.Fatal(err)
 	}
 	// The polite session ends with the handshake, the silent one stays.
-	checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+	wstest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
 		if n := len(ts.obs.snapshot().closes); n != 1 {
 			return fmt.Errorf("%d sessions closed, want the polite one", n)
 		}
@@ -411,18 +376,11 @@ func TestShutdownWaitsForCloseHandshake(t *testing.T) {
 	if st := ts.Stats(); st.Connections != 1 || st.TopicConnections != 1 {
 		t.Fatalf("during the drain: %+v, want the silent topic session only", st)
 	}
-	select {
-	case err := <-stopped:
-		if err != nil {
-			t.Fatalf("Serve: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("Serve did not return")
-	}
+	waitStopped()
 	waitLog(t, ts, slog.LevelWarn, "drain timeout: force-closing remaining connections", map[string]string{"connections": "1"})
 	// Both clients saw the server's FIN after its close frame.
-	for _, c := range []*rawConn{polite, silent} {
-		if _, err := c.readFrame(10 * time.Second); !isEOF(err) {
+	for _, c := range []*wstest.Conn{polite, silent} {
+		if _, err := c.ReadFrame(10 * time.Second); !isEOF(err) {
 			t.Fatalf("after 1001: %v, want EOF", err)
 		}
 	}

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/wsd-dev/wsd/internal/wstest"
 )
 
 // emfileChildEnv makes the test binary act as a wsd process with a tiny
@@ -59,7 +61,7 @@ func TestAcceptSurvivesEMFILE(t *testing.T) {
 			continue // refused by the kernel: an answer, not a hang
 		}
 		_ = c.SetDeadline(time.Now().Add(15 * time.Second))
-		_, _ = io.WriteString(c, "GET /ws/echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+		_, _ = io.WriteString(c, upgradeRequest("/ws/echo"))
 		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 		switch {
 		case err == nil && resp.StatusCode == http.StatusServiceUnavailable:
@@ -72,7 +74,7 @@ func TestAcceptSurvivesEMFILE(t *testing.T) {
 
 	fmt.Fprintln(stdin, "release")
 	next("RELEASED")
-	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+	wstest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
 		resp, err := http.Get("http://" + admin + "/debug/stats")
 		if err != nil {
 			return err
@@ -81,17 +83,7 @@ func TestAcceptSurvivesEMFILE(t *testing.T) {
 		return nil
 	})
 	// The guard re-reads the descriptor count within resampleEvery.
-	checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
-		rc, resp, err := tryDialRaw("ws://"+public+"/ws/echo", 0, nil)
-		if err != nil {
-			return err
-		}
-		rc.Close()
-		if resp.StatusCode != http.StatusSwitchingProtocols {
-			return fmt.Errorf("upgrade after release: %s", resp.Status)
-		}
-		return nil
-	})
+	waitUpgradeOK(t, "ws://"+public+"/ws/echo")
 	stdin.Close()
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("child: %v", err)
