@@ -11,6 +11,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
+	"github.com/wsd-dev/wsd/internal/wstest"
 	"github.com/wsd-dev/wsd/service"
 )
 
@@ -38,10 +39,23 @@ func defaultOptions(tb testing.TB) []Option {
 	return []Option{}
 }
 
+// noopOptions is telemetry "off": no-op tracer and meter providers.
 func noopOptions() []Option {
 	return []Option{WithTracerProvider(tracenoop.NewTracerProvider()), WithMeterProvider(metricnoop.NewMeterProvider())}
 }
 
+// providerVariants are the two settings the benchmarks compare: no-op
+// providers (noop) and telemetry as wsd runs it by default (otel).
+var providerVariants = []struct {
+	name string
+	opts func(testing.TB) []Option
+}{
+	{"noop", func(testing.TB) []Option { return noopOptions() }},
+	{"otel", defaultOptions},
+}
+
+// newSession is the observer of one session on endpoint ep, from a
+// Telemetry built with opts.
 func newSession(tb testing.TB, ep service.Endpoint, opts []Option) service.SessionObserver {
 	tb.Helper()
 	tel, err := New(context.Background(), DefaultConfig(), opts...)
@@ -77,13 +91,7 @@ func TestPerMessageNoAllocs(t *testing.T) {
 // message (one receive and one send) in isolation, as wsd runs by
 // default (otel) or on no-op providers (noop).
 func BenchmarkObserverPerMessage(b *testing.B) {
-	for _, v := range []struct {
-		name string
-		opts func(testing.TB) []Option
-	}{
-		{"noop", func(testing.TB) []Option { return noopOptions() }},
-		{"otel", defaultOptions},
-	} {
+	for _, v := range providerVariants {
 		b.Run(v.name, func(b *testing.B) {
 			so := newSession(b, service.EndpointEcho, v.opts(b))
 			b.ReportAllocs()
@@ -103,29 +111,23 @@ func BenchmarkObserverPerMessage(b *testing.B) {
 // process's CPU time (server and client, user and system) per round
 // trip, the figure the README compares.
 func BenchmarkEcho(b *testing.B) {
-	for _, v := range []struct {
-		name string
-		opts func(testing.TB) []Option
-	}{
-		{"noop", func(testing.TB) []Option { return noopOptions() }},
-		{"otel", defaultOptions},
-	} {
+	for _, v := range providerVariants {
 		b.Run(v.name, func(b *testing.B) {
 			f := start(b, fixtureOpts{opts: v.opts(b)})
-			c := mustDial(b, f.wsURL("/ws/echo"), 0, nil)
+			c := wstest.MustDialRaw(b, f.wsURL("/ws/echo"))
 			payload := make([]byte, 512)
 			b.ReportAllocs()
 			b.SetBytes(int64(len(payload)))
 			cpu0 := cpuTime(b)
 			b.ResetTimer()
 			for b.Loop() {
-				if err := c.echo(payload); err != nil {
+				if err := c.Echo(payload); err != nil {
 					b.Fatal(err)
 				}
 			}
 			b.StopTimer()
 			b.ReportMetric(float64(cpuTime(b)-cpu0)/float64(b.N), "cpu-ns/op")
-			if err := c.closeNormally(); err != nil {
+			if _, err := c.CloseHandshake(1000, "bye"); err != nil {
 				b.Fatal(err)
 			}
 		})

@@ -7,6 +7,8 @@ import (
 	"unicode/utf8"
 
 	"go.opentelemetry.io/otel/attribute"
+
+	"github.com/wsd-dev/wsd/internal/wstest"
 )
 
 // TestCloseReasonNotUTF8: a close reason is client-controlled bytes. The
@@ -16,12 +18,12 @@ import (
 // is lost.
 func TestCloseReasonNotUTF8(t *testing.T) {
 	f := start(t, fixtureOpts{})
-	c := mustDial(t, f.wsURL("/ws/echo"), 0, nil)
-	if err := c.writeClose(1000, "bye\xff\xfe"); err != nil {
+	c := wstest.MustDialRaw(t, f.wsURL("/ws/echo"))
+	if err := c.WriteClose(1000, "bye\xff\xfe"); err != nil {
 		t.Fatal(err)
 	}
-	if op, p, err := c.readFrame(10 * time.Second); err != nil || op != 0x8 || len(p) < 2 || int(p[0])<<8|int(p[1]) != 1002 {
-		t.Fatalf("server answered opcode %#x payload %q (err %v), want close 1002", op, p, err)
+	if f, err := c.ReadFrame(10 * time.Second); err != nil || f.Opcode != wstest.OpClose || f.CloseCode() != 1002 {
+		t.Fatalf("server answered opcode %#x payload %q (err %v), want close 1002", f.Opcode, f.Payload, err)
 	}
 	span := f.waitSpan(t, spanSession)
 	reason := attrs(span.Attributes())[keyCloseReason].AsString()

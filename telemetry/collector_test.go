@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"runtime"
 	"strings"
 	"sync"
@@ -14,6 +13,8 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel"
+
+	"github.com/wsd-dev/wsd/internal/wstest"
 )
 
 // blackhole accepts connections and never answers: a collector that
@@ -92,19 +93,8 @@ func TestUnreachableCollector(t *testing.T) {
 				go func() {
 					defer wg.Done()
 					for range sessions {
-						c, status := dial(t, f.wsURL("/ws/echo"), 0, nil)
-						if status != http.StatusSwitchingProtocols {
-							errc <- fmt.Errorf("upgrade status %d", status)
-							return
-						}
-						for range echoes {
-							if err := c.echo([]byte("payload")); err != nil {
-								errc <- err
-								return
-							}
-							completed.Add(1)
-						}
-						if err := c.closeNormally(); err != nil {
+						// Not MustDialRaw: t.Fatal is for the test's goroutine.
+						if err := echoSession(f.wsURL("/ws/echo"), nil, []byte("payload"), echoes, &completed); err != nil {
 							errc <- err
 							return
 						}
@@ -137,7 +127,7 @@ func TestUnreachableCollector(t *testing.T) {
 			case <-time.After(20 * time.Second):
 				t.Fatal("Telemetry.Shutdown did not return within 20 s with a 2 s context")
 			}
-			checkFor(t, 20*time.Second, 50*time.Millisecond, func() error {
+			wstest.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() error {
 				buf := make([]byte, 1<<20)
 				stacks := string(buf[:runtime.Stack(buf, true)])
 				for _, pkg := range []string{"otel/exporters/otlp", "otel/sdk/log.(*BatchProcessor)", "otel/sdk/trace.(*batchSpanProcessor)"} {

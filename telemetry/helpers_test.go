@@ -1,20 +1,12 @@
 package telemetry
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/base64"
-	"encoding/binary"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,14 +17,15 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.uber.org/goleak"
 
+	"github.com/wsd-dev/wsd/internal/wstest"
 	"github.com/wsd-dev/wsd/service"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// This file holds a small copy of service's test helpers (test files
-// cannot be imported across packages): a server on loopback, a raw
-// WebSocket client and a polling helper.
+// The WebSocket clients and polling are in internal/wstest. The service
+// configuration below mirrors service's testConfig (service's tests
+// cannot share a helper that imports service: an import cycle).
 
 // serviceConfig is the service configuration scaled down for tests.
 func serviceConfig() service.Config {
@@ -58,7 +51,7 @@ type fixture struct {
 	spans  *tracetest.SpanRecorder
 	reader *sdkmetric.ManualReader
 	srv    *service.Server
-	logs   *syncBuffer
+	logs   *wstest.SyncBuffer
 	stop   func() error
 }
 
@@ -70,7 +63,7 @@ type fixtureOpts struct {
 
 func start(t testing.TB, fo fixtureOpts) *fixture {
 	t.Helper()
-	f := &fixture{spans: tracetest.NewSpanRecorder(), reader: sdkmetric.NewManualReader(), logs: &syncBuffer{}}
+	f := &fixture{spans: tracetest.NewSpanRecorder(), reader: sdkmetric.NewManualReader(), logs: &wstest.SyncBuffer{}}
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(f.spans))
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(f.reader))
 	t.Cleanup(func() {
@@ -115,26 +108,7 @@ func start(t testing.TB, fo fixtureOpts) *fixture {
 		t.Fatalf("Watch: %v", err)
 	}
 	f.srv = srv
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	select {
-	case <-srv.Ready():
-	case err := <-done:
-		cancel()
-		t.Fatalf("Serve: %v", err)
-	}
-	var once sync.Once
-	var result error
-	f.stop = func() error {
-		once.Do(func() { cancel(); result = <-done })
-		return result
-	}
-	t.Cleanup(func() {
-		if err := f.stop(); err != nil {
-			t.Errorf("Serve returned %v", err)
-		}
-	})
+	f.stop = wstest.Serve(t, srv.Serve, srv.Ready())
 	return f
 }
 
@@ -146,7 +120,7 @@ func (f *fixture) adminURL(path string) string {
 // waitIdle waits until every session has ended.
 func (f *fixture) waitIdle(t testing.TB) {
 	t.Helper()
-	checkFor(t, 20*time.Second, 10*time.Millisecond, func() error {
+	wstest.CheckFor(t, 20*time.Second, 10*time.Millisecond, func() error {
 		if l := f.srv.Load(); l != (service.Load{}) {
 			return fmt.Errorf("not idle: %+v", l)
 		}
@@ -239,186 +213,57 @@ func histCount[N int64 | float64](rm metricdata.ResourceMetrics, name string, wa
 	return count, sum
 }
 
-// checkFor polls f every `every` until it returns nil or total elapses.
-func checkFor(t testing.TB, total, every time.Duration, f func() error) {
+// upgradeStatus sends an upgrade request with header to url and returns
+// the response status (the connection is closed at cleanup).
+func upgradeStatus(t testing.TB, url string, header http.Header) int {
 	t.Helper()
-	deadline := time.Now().Add(total)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met after %s: %v", total, err)
-		}
-		time.Sleep(every)
-	}
-}
-
-// syncBuffer is a log destination safe for concurrent writers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// ---- a raw WebSocket client ----
-
-// rawConn is a hand-rolled client: the tests choose when it reads at
-// all, and can send any close frame.
-type rawConn struct {
-	net.Conn
-	br *bufio.Reader
-}
-
-// dial opens a TCP connection and performs the handshake with extra
-// headers; rcvbuf > 0 shrinks the receive buffer (a slow reader). It
-// returns the response status when the upgrade is refused.
-func dial(t testing.TB, url string, rcvbuf int, header http.Header) (*rawConn, int) {
-	t.Helper()
-	hostPath := strings.TrimPrefix(url, "ws://")
-	host, path, _ := strings.Cut(hostPath, "/")
-	d := net.Dialer{Timeout: 5 * time.Second}
-	nc, err := d.Dial("tcp", host)
+	c, resp, err := wstest.DialRaw(url, wstest.WithHeader(header))
 	if err != nil {
-		t.Fatalf("dial %s: %v", url, err)
+		t.Fatalf("%v", err)
 	}
-	t.Cleanup(func() { _ = nc.Close() })
-	if rcvbuf > 0 {
-		_ = nc.(*net.TCPConn).SetReadBuffer(rcvbuf)
-	}
-	key := make([]byte, 16)
-	_, _ = rand.Read(key)
-	req := "GET /" + path + " HTTP/1.1\r\nHost: " + host + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
-		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + base64.StdEncoding.EncodeToString(key) + "\r\n"
-	for k, vs := range header {
-		for _, v := range vs {
-			req += k + ": " + v + "\r\n"
-		}
-	}
-	_ = nc.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.WriteString(nc, req+"\r\n"); err != nil {
-		t.Fatalf("handshake: %v", err)
-	}
-	br := bufio.NewReader(nc)
-	resp, err := http.ReadResponse(br, nil)
+	t.Cleanup(func() { _ = c.Close() })
+	return resp.StatusCode
+}
+
+// echoSession opens a session on url with header, echoes payload n times
+// (counting each in completed when it is not nil) and ends with a close
+// handshake, 1000 "bye". It reports failures instead of ending the test,
+// so other goroutines than the test's may call it.
+func echoSession(url string, header http.Header, payload []byte, n int, completed *atomic.Int64) error {
+	c, resp, err := wstest.DialRaw(url, wstest.WithHeader(header))
 	if err != nil {
-		t.Fatalf("handshake response: %v", err)
+		return err
 	}
-	_ = nc.SetDeadline(time.Time{})
+	defer c.Close()
 	if resp.StatusCode != http.StatusSwitchingProtocols {
-		_ = nc.Close()
+		return fmt.Errorf("upgrade status %d", resp.StatusCode)
 	}
-	return &rawConn{Conn: nc, br: br}, resp.StatusCode
-}
-
-// mustDial dials and fails the test unless the upgrade succeeds.
-func mustDial(t testing.TB, url string, rcvbuf int, header http.Header) *rawConn {
-	t.Helper()
-	c, status := dial(t, url, rcvbuf, header)
-	if status != http.StatusSwitchingProtocols {
-		t.Fatalf("dial %s: status %d", url, status)
+	for range n {
+		if err := c.Echo(payload); err != nil {
+			return err
+		}
+		if completed != nil {
+			completed.Add(1)
+		}
 	}
-	return c
-}
-
-// writeFrame writes one masked frame.
-func (c *rawConn) writeFrame(opcode byte, payload []byte) error {
-	hdr := []byte{0x80 | opcode}
-	switch n := len(payload); {
-	case n < 126:
-		hdr = append(hdr, 0x80|byte(n))
-	case n < 1<<16:
-		hdr = append(hdr, 0x80|126, byte(n>>8), byte(n))
-	default:
-		hdr = append(hdr, 0x80|127)
-		hdr = binary.BigEndian.AppendUint64(hdr, uint64(n))
-	}
-	mask := [4]byte{1, 2, 3, 4}
-	hdr = append(hdr, mask[:]...)
-	masked := make([]byte, len(payload))
-	for i, b := range payload {
-		masked[i] = b ^ mask[i%4]
-	}
-	_, err := c.Write(append(hdr, masked...))
+	_, err = c.CloseHandshake(1000, "bye")
 	return err
 }
 
-func (c *rawConn) writeClose(code uint16, reason string) error {
-	return c.writeFrame(0x8, append(binary.BigEndian.AppendUint16(nil, code), reason...))
-}
-
-// readFrame reads one server frame: opcode and payload.
-func (c *rawConn) readFrame(timeout time.Duration) (byte, []byte, error) {
-	_ = c.SetReadDeadline(time.Now().Add(timeout))
-	var h [2]byte
-	if _, err := io.ReadFull(c.br, h[:]); err != nil {
-		return 0, nil, err
-	}
-	n := uint64(h[1] & 0x7f)
-	switch n {
-	case 126:
-		var b [2]byte
-		if _, err := io.ReadFull(c.br, b[:]); err != nil {
-			return 0, nil, err
+// slowSubscriber joins topic with a subscriber that reads only when the
+// test says, and a publisher, and waits until both are registered. The
+// subscriber's receive buffer is a fixed 256 KiB: no autotuning to tens
+// of MiB, and still above the loopback MSS (a tinier window makes
+// draining crawl on delayed ACKs).
+func (f *fixture) slowSubscriber(t *testing.T, topic string) (sub, pub *wstest.Conn) {
+	t.Helper()
+	sub = wstest.MustDialRaw(t, f.wsURL("/ws/topics/"+topic), wstest.WithReadBuffer(256<<10))
+	pub = wstest.MustDialRaw(t, f.wsURL("/ws/topics/"+topic))
+	wstest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		if n := f.srv.Load().TopicConnections; n != 2 {
+			return fmt.Errorf("%d topic connections", n)
 		}
-		n = uint64(binary.BigEndian.Uint16(b[:]))
-	case 127:
-		var b [8]byte
-		if _, err := io.ReadFull(c.br, b[:]); err != nil {
-			return 0, nil, err
-		}
-		n = binary.BigEndian.Uint64(b[:])
-	}
-	p := make([]byte, n)
-	if _, err := io.ReadFull(c.br, p); err != nil {
-		return 0, nil, err
-	}
-	return h[0] & 0x0f, p, nil
-}
-
-// echo sends payload and reads the echo back, skipping control frames.
-func (c *rawConn) echo(payload []byte) error {
-	if err := c.writeFrame(0x2, payload); err != nil {
-		return err
-	}
-	for {
-		op, p, err := c.readFrame(10 * time.Second)
-		if err != nil {
-			return err
-		}
-		if op == 0x2 {
-			if !bytes.Equal(p, payload) {
-				return errors.New("echo differs")
-			}
-			return nil
-		}
-	}
-}
-
-// closeNormally sends 1000 and waits for the server's close frame.
-func (c *rawConn) closeNormally() error {
-	if err := c.writeClose(1000, "bye"); err != nil {
-		return err
-	}
-	for {
-		op, _, err := c.readFrame(10 * time.Second)
-		if err != nil {
-			return err
-		}
-		if op == 0x8 {
-			return nil
-		}
-	}
+		return nil
+	})
+	return sub, pub
 }

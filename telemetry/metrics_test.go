@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata/metricdatatest"
 
+	"github.com/wsd-dev/wsd/internal/wstest"
 	"github.com/wsd-dev/wsd/service"
 )
 
@@ -26,11 +27,11 @@ import (
 func TestEchoMetrics(t *testing.T) {
 	f := start(t, fixtureOpts{})
 	payload := make([]byte, 100)
-	var conns []*rawConn
+	var conns []*wstest.Conn
 	for range 3 {
-		c := mustDial(t, f.wsURL("/ws/echo"), 0, nil)
+		c := wstest.MustDialRaw(t, f.wsURL("/ws/echo"))
 		for range 5 {
-			if err := c.echo(payload); err != nil {
+			if err := c.Echo(payload); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -41,12 +42,12 @@ func TestEchoMetrics(t *testing.T) {
 		t.Errorf("wsd.connections.active{echo} = %d with 3 open, want 3", v)
 	}
 	for i, code := range []uint16{1000, 4321, 999} {
-		if err := conns[i].writeClose(code, ""); err != nil {
+		if err := conns[i].WriteClose(code, ""); err != nil {
 			t.Fatal(err)
 		}
 	}
 	f.waitIdle(t)
-	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+	wstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		if n := len(f.endedSpans(spanSession)); n != 3 {
 			return fmt.Errorf("%d sessions ended", n)
 		}
@@ -118,7 +119,7 @@ func TestHeartbeatTimeoutMetrics(t *testing.T) {
 		c.Heartbeat.PingInterval = 100 * time.Millisecond
 		c.Heartbeat.PongTimeout = 100 * time.Millisecond
 	}})
-	_ = mustDial(t, f.wsURL("/ws/echo"), 0, nil)
+	_ = wstest.MustDialRaw(t, f.wsURL("/ws/echo"))
 	span := f.waitSpan(t, spanSession)
 	rm := f.collect(t)
 	if v, _ := intValue(rm, "wsd.heartbeat.timeouts", keyEndpoint.String("echo")); v != 1 {
@@ -144,14 +145,7 @@ func TestDroppedMetric(t *testing.T) {
 		c.Backpressure.SlowConsumer = service.SlowConsumerDrop
 		c.Heartbeat.PingInterval = time.Minute
 	}})
-	sub := mustDial(t, f.wsURL("/ws/topics/news"), 256<<10, nil)
-	pub := mustDial(t, f.wsURL("/ws/topics/news"), 0, nil)
-	checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
-		if n := f.srv.Load().TopicConnections; n != 2 {
-			return fmt.Errorf("%d topic connections", n)
-		}
-		return nil
-	})
+	sub, pub := f.slowSubscriber(t, "news")
 	publishUntil(t, pub, 10000, "drop", func() bool {
 		v, _ := intValue(f.collect(t), "wsd.messages.dropped")
 		return v >= 1
@@ -225,7 +219,7 @@ func TestAcceptErrorMetric(t *testing.T) {
 		client = c
 	}
 	defer client.Close()
-	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+	wstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		if v, _ := intValue(f.collect(t), "wsd.accept.errors", keyErrorType.String("emfile")); v < 1 {
 			return errors.New("no emfile accept error counted")
 		}
@@ -234,12 +228,16 @@ func TestAcceptErrorMetric(t *testing.T) {
 	restore()
 	// Right after EMFILE the listener sheds pending connections for a
 	// moment (503): poll until upgrades succeed again.
-	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
-		c, status := dial(t, f.wsURL("/ws/echo"), 0, nil)
-		if status != http.StatusSwitchingProtocols {
-			return fmt.Errorf("status %d", status)
+	wstest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		c, resp, err := wstest.DialRaw(f.wsURL("/ws/echo"))
+		if err != nil {
+			return err
 		}
-		return c.echo([]byte("still serving"))
+		defer c.Close()
+		if resp.StatusCode != http.StatusSwitchingProtocols {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return c.Echo([]byte("still serving"))
 	})
 }
 

@@ -12,6 +12,8 @@ import (
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/wsd-dev/wsd/internal/wstest"
 )
 
 // fakeCollector is an OTLP/HTTP trace receiver on loopback.
@@ -62,11 +64,10 @@ func TestOTLPHTTPTraceExport(t *testing.T) {
 	if f.tel.String() != "traces=otlp metrics=prometheus logs=none" {
 		t.Fatalf("exporters %s", f.tel)
 	}
-	c := mustDial(t, f.wsURL("/ws/topics/alerts"), 0, nil)
-	if err := c.closeNormally(); err != nil {
+	if err := echoSession(f.wsURL("/ws/topics/alerts"), nil, nil, 0, nil); err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, 15*time.Second, 20*time.Millisecond, func() error {
+	wstest.CheckFor(t, 15*time.Second, 20*time.Millisecond, func() error {
 		col.mu.Lock()
 		defer col.mu.Unlock()
 		for _, s := range col.spans {

@@ -54,13 +54,8 @@ func TestPrometheusServesReadmeNames(t *testing.T) {
 	if f.tel.MetricsHandler() == nil || f.tel.String() != "traces=none metrics=prometheus logs=none" {
 		t.Fatalf("default exporters: %s, handler %v", f.tel, f.tel.MetricsHandler())
 	}
-	c := mustDial(t, f.wsURL("/ws/echo"), 0, nil)
-	for range depthSampleEvery { // one sampled send-buffer depth
-		if err := c.echo([]byte("x")); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := c.closeNormally(); err != nil {
+	// depthSampleEvery echoes: one sampled send-buffer depth.
+	if err := echoSession(f.wsURL("/ws/echo"), nil, []byte("x"), depthSampleEvery, nil); err != nil {
 		t.Fatal(err)
 	}
 	f.waitIdle(t)

@@ -14,6 +14,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/wsd-dev/wsd/internal/wstest"
 	"github.com/wsd-dev/wsd/service"
 )
 
@@ -30,7 +31,7 @@ func attrs(kvs []attribute.KeyValue) map[attribute.Key]attribute.Value {
 func (f *fixture) waitSpan(t *testing.T, name string) sdktrace.ReadOnlySpan {
 	t.Helper()
 	var got []sdktrace.ReadOnlySpan
-	checkFor(t, 20*time.Second, 10*time.Millisecond, func() error {
+	wstest.CheckFor(t, 20*time.Second, 10*time.Millisecond, func() error {
 		got = f.endedSpans(name)
 		if len(got) != 1 {
 			return fmt.Errorf("%d ended %s spans, want 1", len(got), name)
@@ -43,14 +44,14 @@ func (f *fixture) waitSpan(t *testing.T, name string) sdktrace.ReadOnlySpan {
 // publishUntil sends 8 KiB messages from pub until cond holds, at most
 // max messages; the short pause lets the server deliver each one before
 // the next, so thresholds are not overshot by much.
-func publishUntil(t *testing.T, pub *rawConn, max int, what string, cond func() bool) {
+func publishUntil(t *testing.T, pub *wstest.Conn, max int, what string, cond func() bool) {
 	t.Helper()
 	payload := make([]byte, 8<<10)
 	for i := 0; !cond(); i++ {
 		if i == max {
 			t.Fatalf("%s: not reached after %d messages", what, max)
 		}
-		if err := pub.writeFrame(0x2, payload); err != nil {
+		if err := pub.WriteFrame(wstest.OpBinary, payload); err != nil {
 			t.Fatalf("%s: publish: %v", what, err)
 		}
 		time.Sleep(250 * time.Microsecond)
@@ -69,17 +70,7 @@ func TestSlowConsumerSession(t *testing.T) {
 		c.Heartbeat.PingInterval = time.Minute
 		c.Backpressure.WriteTimeout = 2 * time.Second
 	}})
-	// A fixed 256 KiB receive buffer: no autotuning to tens of MiB, and
-	// still above the loopback MSS (a tinier window makes draining crawl
-	// on delayed ACKs).
-	sub := mustDial(t, f.wsURL("/ws/topics/prices"), 256<<10, nil)
-	pub := mustDial(t, f.wsURL("/ws/topics/prices"), 0, nil)
-	checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
-		if n := f.srv.Load().TopicConnections; n != 2 {
-			return fmt.Errorf("%d topic connections", n)
-		}
-		return nil
-	})
+	sub, pub := f.slowSubscriber(t, "prices")
 
 	// 1. The subscriber does not read: its buffer passes warn and pause.
 	publishUntil(t, pub, 10000, "pause", func() bool { return f.srv.Load().Paused == 1 })
@@ -100,7 +91,7 @@ func TestSlowConsumerSession(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("not resumed: %+v", f.srv.Load())
 		}
-		if _, _, err := sub.readFrame(5 * time.Second); err != nil {
+		if _, err := sub.ReadFrame(5 * time.Second); err != nil {
 			t.Fatalf("subscriber read: %v", err)
 		}
 	}
@@ -132,7 +123,7 @@ func TestSlowConsumerSession(t *testing.T) {
 		keyDropped:     attribute.Int64Value(0),
 	} {
 		if got := a[k]; got != want {
-			t.Errorf("attribute %s = %v, want %v", k, got.Emit(), want.Emit())
+			t.Errorf("attribute %s = %v, want %v", k, got.String(), want.String())
 		}
 	}
 	if out := a[keyMessagesOut].AsInt64(); out <= 0 || a[keyBytesOut].AsInt64() != out*(8<<10) {
@@ -200,13 +191,8 @@ func TestSlowConsumerSession(t *testing.T) {
 func TestTraceparentContinued(t *testing.T) {
 	f := start(t, fixtureOpts{})
 	const traceID, parentID = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
-	c := mustDial(t, f.wsURL("/ws/echo"), 0, http.Header{"Traceparent": {"00-" + traceID + "-" + parentID + "-01"}})
-	for range 3 {
-		if err := c.echo([]byte("hello")); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := c.closeNormally(); err != nil {
+	tp := http.Header{"Traceparent": {"00-" + traceID + "-" + parentID + "-01"}}
+	if err := echoSession(f.wsURL("/ws/echo"), tp, []byte("hello"), 3, nil); err != nil {
 		t.Fatal(err)
 	}
 	span := f.waitSpan(t, spanSession)
@@ -264,18 +250,18 @@ func TestRejectedUpgradeSpans(t *testing.T) {
 	}})
 	const traceID = "0af7651916cd43dd8448eb211c80319c"
 	tp := http.Header{"Traceparent": {"00-" + traceID + "-b7ad6b7169203331-01"}, "Origin": {"https://evil.example"}}
-	if _, status := dial(t, f.wsURL("/ws/echo"), 0, tp); status != http.StatusForbidden {
+	if status := upgradeStatus(t, f.wsURL("/ws/echo"), tp); status != http.StatusForbidden {
 		t.Fatalf("status %d, want 403", status)
 	}
-	c := mustDial(t, f.wsURL("/ws/echo"), 0, nil)
-	if _, status := dial(t, f.wsURL("/ws/echo"), 0, nil); status != http.StatusServiceUnavailable {
+	c := wstest.MustDialRaw(t, f.wsURL("/ws/echo"))
+	if status := upgradeStatus(t, f.wsURL("/ws/echo"), nil); status != http.StatusServiceUnavailable {
 		t.Fatalf("status %d, want 503", status)
 	}
-	if err := c.closeNormally(); err != nil {
+	if _, err := c.CloseHandshake(1000, "bye"); err != nil {
 		t.Fatal(err)
 	}
 	var spans []sdktrace.ReadOnlySpan
-	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+	wstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		if spans = f.endedSpans(spanRejected); len(spans) != 2 {
 			return fmt.Errorf("%d rejected spans", len(spans))
 		}
@@ -316,13 +302,7 @@ func TestMessageSpans(t *testing.T) {
 					c.MessageSpans = 1
 				}
 			}})
-			c := mustDial(t, f.wsURL("/ws/echo"), 0, nil)
-			for range 4 {
-				if err := c.echo([]byte("ping")); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if err := c.closeNormally(); err != nil {
+			if err := echoSession(f.wsURL("/ws/echo"), nil, []byte("ping"), 4, nil); err != nil {
 				t.Fatal(err)
 			}
 			session := f.waitSpan(t, spanSession)
@@ -338,7 +318,7 @@ func TestMessageSpans(t *testing.T) {
 				for _, s := range got {
 					if s.Parent().SpanID() != session.SpanContext().SpanID() || attrs(s.Attributes())[keyMessageSize].AsInt64() != 4 {
 						t.Errorf("%s span: parent %s size %v, want child of %s with size 4", name, s.Parent().SpanID(),
-							attrs(s.Attributes())[keyMessageSize].Emit(), session.SpanContext().SpanID())
+							attrs(s.Attributes())[keyMessageSize].String(), session.SpanContext().SpanID())
 					}
 				}
 			}
