@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,12 +10,11 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/lxzan/gws"
+	"github.com/wsd-dev/wsd/internal/wstest"
 )
 
 // otelVars are the variables the telemetry keys mirror plus those the
@@ -36,24 +34,6 @@ func clearOTELEnv(t *testing.T) {
 	}
 }
 
-// lockedBuffer collects the output of a wsd running in the background.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // freeAddr returns a loopback address nobody listens on right now.
 func freeAddr(t *testing.T) string {
 	t.Helper()
@@ -65,26 +45,10 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// checkFor polls f every `every` until it returns nil or total elapses.
-func checkFor(t *testing.T, total, every time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(total)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met after %s: %v", total, err)
-		}
-		time.Sleep(every)
-	}
-}
-
 // wsdProcess is run() serving in the background of the test process.
 type wsdProcess struct {
 	public, admin string
-	stdout        *lockedBuffer
+	stdout        *wstest.SyncBuffer
 	exit          chan int
 }
 
@@ -92,11 +56,11 @@ type wsdProcess struct {
 // stopped with SIGTERM (which run's signal context catches) at cleanup.
 func startWsd(t *testing.T, args ...string) *wsdProcess {
 	t.Helper()
-	p := &wsdProcess{public: freeAddr(t), admin: freeAddr(t), stdout: &lockedBuffer{}, exit: make(chan int, 1)}
+	p := &wsdProcess{public: freeAddr(t), admin: freeAddr(t), stdout: &wstest.SyncBuffer{}, exit: make(chan int, 1)}
 	args = append([]string{"--listen=" + p.public, "--admin_listen=" + p.admin}, args...)
-	var stderr lockedBuffer
+	var stderr wstest.SyncBuffer
 	go func() { p.exit <- run(args, nil, p.stdout, &stderr) }()
-	checkFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+	wstest.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
 		select {
 		case code := <-p.exit:
 			p.exit <- code
@@ -141,37 +105,23 @@ func (p *wsdProcess) stop(t *testing.T) (int, bool) {
 // echoOnce opens a session, echoes one message and closes it.
 func (p *wsdProcess) echoOnce(t *testing.T) {
 	t.Helper()
-	got := make(chan []byte, 1)
-	h := &echoClient{got: got}
-	conn, _, err := gws.NewClient(h, &gws.ClientOption{Addr: "ws://" + p.public + "/ws/echo"})
-	if err != nil {
-		t.Fatalf("dial: %v", err)
-	}
-	go conn.ReadLoop()
+	conn, h := wstest.DialGWS(t, "ws://"+p.public+"/ws/echo", true)
 	if err := conn.WriteString("hello"); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case b := <-got:
-		if string(b) != "hello" {
-			t.Fatalf("echo %q", b)
+	wstest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		if h.Count() == 0 {
+			return errors.New("no echo")
 		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("no echo")
+		return nil
+	})
+	if msgs := h.Messages(); len(msgs) != 1 || string(msgs[0]) != "hello" {
+		t.Fatalf("echoes %q, want one hello", msgs)
 	}
 	_ = conn.WriteClose(1000, nil)
 }
 
-type echoClient struct {
-	gws.BuiltinEventHandler
-	got chan []byte
-}
-
-func (c *echoClient) OnMessage(_ *gws.Conn, m *gws.Message) {
-	c.got <- append([]byte(nil), m.Bytes()...)
-	_ = m.Close()
-}
-
+// metrics returns the status and body of the admin /metrics.
 func (p *wsdProcess) metrics(t *testing.T) (int, string) {
 	t.Helper()
 	resp, err := http.Get("http://" + p.admin + "/metrics")
@@ -197,6 +147,19 @@ func (p *wsdProcess) logLines(t *testing.T) []map[string]any {
 	return out
 }
 
+// exporters returns the exporters wsd logged at startup ("" if it did
+// not log them).
+func (p *wsdProcess) exporters(t *testing.T) string {
+	t.Helper()
+	for _, rec := range p.logLines(t) {
+		if rec["msg"] == "telemetry" {
+			s, _ := rec["exporters"].(string)
+			return s
+		}
+	}
+	return ""
+}
+
 // TestTelemetryDefaultWiring: with no OTEL_* environment wsd serves
 // Prometheus metrics on the admin /metrics, counts sessions, logs the
 // exporters in use, and puts trace_id/span_id on session log lines.
@@ -204,7 +167,7 @@ func TestTelemetryDefaultWiring(t *testing.T) {
 	clearOTELEnv(t)
 	p := startWsd(t)
 	p.echoOnce(t)
-	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+	wstest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
 		code, body := p.metrics(t)
 		if code != http.StatusOK || !strings.Contains(body, `wsd_connections_closed_total{`) ||
 			!strings.Contains(body, "wsd_messages_received_total") || !strings.Contains(body, `service_name="wsd"`) {
@@ -212,18 +175,14 @@ func TestTelemetryDefaultWiring(t *testing.T) {
 		}
 		return nil
 	})
-	var exporters string
 	closedWithTrace := false
 	for _, rec := range p.logLines(t) {
-		if rec["msg"] == "telemetry" {
-			exporters, _ = rec["exporters"].(string)
-		}
 		if rec["msg"] == "connection closed" {
 			id, _ := rec["trace_id"].(string)
 			closedWithTrace = len(id) == 32 && len(rec["span_id"].(string)) == 16
 		}
 	}
-	if exporters != "traces=none metrics=prometheus logs=none" {
+	if exporters := p.exporters(t); exporters != "traces=none metrics=prometheus logs=none" {
 		t.Errorf("exporters %q", exporters)
 	}
 	if !closedWithTrace {
@@ -241,13 +200,7 @@ func TestTelemetryKeysOverrideEnvironment(t *testing.T) {
 	t.Setenv("OTEL_SERVICE_NAME", "from-env")
 	cfg := writeFile(t, "telemetry:\n  metrics_exporter: none\n  service_name: from-yaml\n")
 	p := startWsd(t, "--config="+cfg, "--telemetry.traces_exporter=none")
-	var exporters string
-	for _, rec := range p.logLines(t) {
-		if rec["msg"] == "telemetry" {
-			exporters, _ = rec["exporters"].(string)
-		}
-	}
-	if exporters != "traces=none metrics=none logs=none" {
+	if exporters := p.exporters(t); exporters != "traces=none metrics=none logs=none" {
 		t.Errorf("exporters %q, want the keys to win over OTEL_*", exporters)
 	}
 	if got := os.Getenv("OTEL_SERVICE_NAME"); got != "from-yaml" {
@@ -273,7 +226,7 @@ func TestTelemetryUnreachableCollector(t *testing.T) {
 	// Wait until at least one failure is logged, then for more failed
 	// exports (every 20 ms) to be suppressed rather than logged.
 	failures := func() int { return strings.Count(p.stdout.String(), "telemetry export failed") }
-	checkFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+	wstest.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
 		if failures() == 0 {
 			return errors.New("no export failure logged")
 		}
@@ -286,8 +239,8 @@ func TestTelemetryUnreachableCollector(t *testing.T) {
 	if code, ok := p.stop(t); !ok || code != 0 {
 		t.Fatalf("wsd exit %d (returned %v)", code, ok)
 	}
-	if !strings.Contains(p.stdout.String(), `"exporters":"traces=otlp metrics=otlp logs=none"`) {
-		t.Errorf("exporters line missing:\n%s", p.stdout.String())
+	if exporters := p.exporters(t); exporters != "traces=otlp metrics=otlp logs=none" {
+		t.Errorf("exporters %q:\n%s", exporters, p.stdout.String())
 	}
 }
 
@@ -305,7 +258,7 @@ func TestTelemetryInvalidEnvironment(t *testing.T) {
 // TestExportErrorsRateLimited: a burst of errors logs one line; the next
 // line after the interval reports how many were suppressed.
 func TestExportErrorsRateLimited(t *testing.T) {
-	var buf lockedBuffer
+	var buf wstest.SyncBuffer
 	h := newExportErrors(slog.New(slog.NewJSONHandler(&buf, nil)), 50*time.Millisecond)
 	for range 100 {
 		h.Handle(errors.New("connection refused"))
@@ -313,7 +266,7 @@ func TestExportErrorsRateLimited(t *testing.T) {
 	if n := strings.Count(buf.String(), "\n"); n != 1 {
 		t.Fatalf("%d lines for a burst of 100 errors, want 1", n)
 	}
-	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+	wstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		h.Handle(errors.New("connection refused"))
 		if strings.Count(buf.String(), "\n") < 2 {
 			return errors.New("no second line")
