@@ -242,14 +242,7 @@ func TestMaxPausedCloses1013(t *testing.T) {
 		c.Heartbeat.PingInterval = 100 * time.Millisecond
 		c.Heartbeat.PongTimeout = 100 * time.Millisecond
 	}, smallSendBuffer)
-	rc := wstest.MustDialRaw(t, ts.wsURL("/ws/echo"), wstest.WithReadBuffer(4096))
-	flood(rc)
-	wstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
-		if ts.Load().Paused != 1 {
-			return fmt.Errorf("not paused")
-		}
-		return nil
-	})
+	rc := pausedFlooder(t, ts)
 	// The peer does not read, so the close frame is best effort: the
 	// server's record says 1013, and the client's stream ends either with
 	// that frame or with EOF — never a hang.

@@ -129,14 +129,7 @@ func TestHeartbeatSparesPausedConnection(t *testing.T) {
 		c.Backpressure.MaxPaused = 10 * time.Minute
 		c.Backpressure.WriteTimeout = 10 * time.Minute
 	}, smallSendBuffer)
-	c := wstest.MustDialRaw(t, ts.wsURL("/ws/echo"), wstest.WithReadBuffer(4096))
-	flood(c)
-	wstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
-		if p := ts.Load().Paused; p != 1 {
-			return fmt.Errorf("paused %d", p)
-		}
-		return nil
-	})
+	c := pausedFlooder(t, ts)
 	// Watch for ten reap deadlines: the connection stays, still paused.
 	window := 10 * (ts.cfg.Heartbeat.PingInterval + ts.cfg.Heartbeat.PongTimeout)
 	for end := time.Now().Add(window); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {

@@ -394,6 +394,22 @@ func flood(c *wstest.Conn) {
 	}()
 }
 
+// pausedFlooder opens an echo connection with a 4 KiB receive buffer
+// that floods and never reads, and waits until the server has paused
+// reading from it (the only paused session).
+func pausedFlooder(t testing.TB, ts *testServer) *wstest.Conn {
+	t.Helper()
+	c := wstest.MustDialRaw(t, ts.wsURL("/ws/echo"), wstest.WithReadBuffer(4096))
+	flood(c)
+	wstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if p := ts.Load().Paused; p != 1 {
+			return fmt.Errorf("paused %d, want 1", p)
+		}
+		return nil
+	})
+	return c
+}
+
 // writeEvery writes a frame (opcode, payload) to c every `every`, at
 // most maxFrames times, counting each in count, until a write fails or
 // the returned stop is called; stop waits for the writer to end.
