@@ -9,9 +9,11 @@ import (
 
 // Stats is the /debug/stats document. The chaos suite compares it with a
 // baseline after every scenario to prove that nothing leaked, so every
-// field is exact at the time of the call.
+// field is exact at the time of the call. The zero value is the document
+// of nothing open and nothing counted.
 type Stats struct {
-	// Connections is the number of upgraded, registered sessions.
+	// Connections is the number of upgraded, registered sessions;
+	// EchoConnections and TopicConnections split it by endpoint.
 	Connections      int64 `json:"connections"`
 	EchoConnections  int64 `json:"echo_connections"`
 	TopicConnections int64 `json:"topic_connections"`
@@ -31,9 +33,14 @@ type Stats struct {
 	// Handshakes is public TCP connections not yet upgraded.
 	Handshakes int64 `json:"handshakes"`
 	// IPEntries is the size of the per-IP connection table.
-	IPEntries int  `json:"ip_entries"`
-	Draining  bool `json:"draining"`
-	// Totals since start.
+	IPEntries int `json:"ip_entries"`
+	// Draining is true once a graceful shutdown has started.
+	Draining bool `json:"draining"`
+	// Totals since start: fan-out messages dropped (slow_consumer:
+	// drop), slow consumers evicted with 1013, heartbeat timeouts,
+	// public connections answered 503 at accept (handshake cap or
+	// descriptor hard level), and connections closed at accept while
+	// shedding under EMFILE/ENFILE (both listeners).
 	DroppedTotal           int64 `json:"dropped_total"`
 	EvictedTotal           int64 `json:"evicted_total"`
 	HeartbeatTimeoutsTotal int64 `json:"heartbeat_timeouts_total"`
@@ -41,7 +48,9 @@ type Stats struct {
 	ShedTotal              int64 `json:"shed_total"`
 }
 
-// Load is the cheap subset of Stats (atomic loads only) that gauges read.
+// Load is the cheap subset of Stats (atomic loads only) that gauges read;
+// each field means what the Stats field of the same name does. The zero
+// value is no load.
 type Load struct {
 	EchoConnections, TopicConnections, Paused, BufferedBytes int64
 }

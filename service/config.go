@@ -54,6 +54,8 @@ type Config struct {
 	// when the public one is saturated.
 	AdminListen string `koanf:"admin_listen"`
 
+	// Limits, Backpressure, Heartbeat, Shutdown and Log are the
+	// sections of the same names.
 	Limits       LimitsConfig       `koanf:"limits"`
 	Backpressure BackpressureConfig `koanf:"backpressure"`
 	Heartbeat    HeartbeatConfig    `koanf:"heartbeat"`
@@ -62,6 +64,8 @@ type Config struct {
 }
 
 // LimitsConfig holds the admission caps and per-connection input limits.
+// The zero value is not valid (Validate rejects zero caps and rates):
+// start from DefaultConfig().Limits.
 type LimitsConfig struct {
 	// MaxConnections caps upgraded connections process-wide (503). Stops
 	// a flood of clients from exhausting memory.
@@ -100,7 +104,9 @@ type LimitsConfig struct {
 
 // BackpressureConfig holds the send-buffer thresholds. The send buffer of
 // a connection is the payload bytes accepted for sending and not yet
-// written to its socket.
+// written to its socket. The zero value is not valid (ResumeBytes must
+// be below PauseBytes, and there is no policy): start from
+// DefaultConfig().Backpressure.
 type BackpressureConfig struct {
 	// WarnBytes: log and count once per episode when the buffer reaches it.
 	WarnBytes int64 `koanf:"warn_bytes"`
@@ -123,7 +129,8 @@ type BackpressureConfig struct {
 	SlowConsumer string `koanf:"slow_consumer"`
 }
 
-// HeartbeatConfig holds the idle-peer detection settings.
+// HeartbeatConfig holds the idle-peer detection settings. The zero value
+// is not valid (both durations must be positive).
 type HeartbeatConfig struct {
 	// PingInterval: the server pings each connection this often.
 	PingInterval time.Duration `koanf:"ping_interval"`
@@ -133,14 +140,16 @@ type HeartbeatConfig struct {
 	PongTimeout time.Duration `koanf:"pong_timeout"`
 }
 
-// ShutdownConfig holds the graceful-shutdown settings.
+// ShutdownConfig holds the graceful-shutdown settings. The zero value is
+// not valid (DrainTimeout must be positive).
 type ShutdownConfig struct {
 	// DrainTimeout: after sending 1001 to every connection, wait this
 	// long for them to close before force-closing the rest.
 	DrainTimeout time.Duration `koanf:"drain_timeout"`
 }
 
-// LogConfig holds the logging settings used by cmd/wsd.
+// LogConfig holds the logging settings used by cmd/wsd. The zero value is
+// not valid (Level and Format must be set).
 type LogConfig struct {
 	// Level is debug, info, warn or error.
 	Level string `koanf:"level"`
@@ -184,7 +193,9 @@ func DefaultConfig() Config {
 	}
 }
 
-// Validate reports every invalid setting, each error naming its key.
+// Validate reports every invalid setting: it returns nil for a valid
+// configuration, otherwise one error per bad setting (joined with
+// errors.Join), each starting with its key ("limits.max_connections: ").
 func (c Config) Validate() error {
 	var errs []error
 	bad := func(key, format string, args ...any) {

@@ -9,7 +9,8 @@ import (
 // Bus carries topic messages to subscribers. The in-process Hub delivers
 // within one replica; a broker-backed Bus (NATS, Redis) can carry
 // publishes between replicas by implementing the same three methods,
-// without touching session code.
+// without touching session code. Passing a nil Bus to WithBus keeps the
+// in-process Hub.
 type Bus interface {
 	// Subscribe adds sub to topic. The returned function removes it; it
 	// is idempotent.
@@ -21,7 +22,8 @@ type Bus interface {
 	Counts() (topics, subscribers int)
 }
 
-// Subscriber receives fan-out messages.
+// Subscriber receives fan-out messages from a Bus; wsd's topic sessions
+// implement it.
 type Subscriber interface {
 	// Deliver queues m for sending. It must not block: a subscriber that
 	// cannot keep up drops or closes itself (backpressure.slow_consumer).
@@ -31,7 +33,8 @@ type Subscriber interface {
 // Outbound is one published message: its frame is encoded once, on the
 // first delivery, and shared by every subscriber's write queue. A Bus
 // creates one with NewOutbound per publish and calls Release after
-// delivering it to every local subscriber.
+// delivering it to every local subscriber. The zero value has no frame
+// to share and must not be delivered: use NewOutbound.
 type Outbound struct {
 	// Opcode and Payload are the message; Payload must not change.
 	Opcode  gws.Opcode

@@ -8,7 +8,8 @@ import (
 )
 
 // Endpoint names a public endpoint. The set is fixed, so it is safe as a
-// metric attribute.
+// metric attribute. The zero value names no endpoint and is never
+// reported.
 type Endpoint string
 
 // The public endpoints.
@@ -18,7 +19,8 @@ const (
 )
 
 // RejectReason says why an upgrade was refused before the WebSocket
-// handshake. The set is fixed, so it is safe as a metric attribute.
+// handshake. The set is fixed, so it is safe as a metric attribute. The
+// zero value is not a reason and is never reported.
 type RejectReason string
 
 // The reasons an upgrade is refused, each answered with its HTTP status.
@@ -32,7 +34,8 @@ const (
 	RejectBadRequest     RejectReason = "bad_request"     // 400
 )
 
-// Initiator says which side ended a session.
+// Initiator says which side ended a session. The zero value is not an
+// initiator and is never reported.
 type Initiator string
 
 // The sides that end a session.
@@ -47,7 +50,8 @@ const (
 	InitiatorAbnormal Initiator = "abnormal"
 )
 
-// BackpressureEvent is a transition of a connection's send buffer.
+// BackpressureEvent is a transition of a connection's send buffer. The
+// zero value is not a transition and is never reported.
 type BackpressureEvent string
 
 // The backpressure transitions.
@@ -57,7 +61,8 @@ const (
 	BackpressureResume BackpressureEvent = "resume"
 )
 
-// SessionInfo describes a session when it opens.
+// SessionInfo describes a session when it opens. The Server fills every
+// field but Topic (empty for echo); a zero value describes no session.
 type SessionInfo struct {
 	// ID is unique within the process.
 	ID uint64
@@ -72,7 +77,8 @@ type SessionInfo struct {
 	Request *http.Request
 }
 
-// CloseInfo describes how a session ended.
+// CloseInfo describes how a session ended. The Server fills it once per
+// session; a zero value describes no session.
 type CloseInfo struct {
 	// Code is the close code sent by the initiator: the client's code when
 	// the client closed (0 when its close frame had no payload), the code
@@ -96,8 +102,9 @@ type CloseInfo struct {
 }
 
 // Observer receives what the service and its protections do. The
-// telemetry package implements it; a nil Observer in Options means no-op.
-// Methods are called on the data path and must not block.
+// telemetry package implements it; without WithObserver (or with a nil
+// Observer) events go nowhere. Methods are called on the data path and
+// must not block.
 type Observer interface {
 	// SessionOpened is called once per upgraded connection, from the
 	// upgrade request's context. The returned context is used for every
@@ -138,7 +145,7 @@ type SessionObserver interface {
 	Closed(info CloseInfo)
 }
 
-// nopObserver is used when Options.Observer is nil.
+// nopObserver is used when no Observer (or a nil one) is given.
 type nopObserver struct{}
 
 func (nopObserver) SessionOpened(ctx context.Context, _ SessionInfo) (context.Context, SessionObserver) {

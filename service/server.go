@@ -20,7 +20,8 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// Server is a wsd server. Create it with New, run it with Serve.
+// Server is a wsd server. Create it with New, run it with Serve; the zero
+// value is not usable.
 type Server struct {
 	cfg      Config
 	log      *slog.Logger
@@ -107,6 +108,8 @@ func (s *Server) now() int64 { return s.clock.Load() }
 // Serve listens on cfg.Listen and cfg.AdminListen and serves until ctx is
 // cancelled, then shuts down gracefully (see Shutdown in the README): it
 // returns nil after a clean drain, or the error that stopped a listener.
+// It fails at once when a listener cannot be opened (address in use,
+// permission). Call it once per Server.
 func (s *Server) Serve(ctx context.Context) error {
 	pl, err := net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
@@ -173,10 +176,12 @@ func serveErr(err error) error {
 // Ready is closed once both listeners accept connections.
 func (s *Server) Ready() <-chan struct{} { return s.ready }
 
-// Addr returns the public listener's address; valid after Ready.
+// Addr returns the public listener's address. Call it only once Ready
+// is closed.
 func (s *Server) Addr() net.Addr { return s.publicLn.Addr() }
 
-// AdminAddr returns the admin listener's address; valid after Ready.
+// AdminAddr returns the admin listener's address. Call it only once
+// Ready is closed.
 func (s *Server) AdminAddr() net.Addr { return s.adminLn.Addr() }
 
 // shutdown: readiness off and upgrades refused, listeners closed, 1001

@@ -39,9 +39,10 @@ type Config struct {
 	// OTLPProtocol is OTEL_EXPORTER_OTLP_PROTOCOL: http/protobuf (the
 	// default) or grpc.
 	OTLPProtocol string `koanf:"otlp_protocol"`
-	// TracesSampler and TracesSamplerArg are OTEL_TRACES_SAMPLER and
-	// OTEL_TRACES_SAMPLER_ARG (default parentbased_always_on).
-	TracesSampler    string `koanf:"traces_sampler"`
+	// TracesSampler is OTEL_TRACES_SAMPLER (default
+	// parentbased_always_on).
+	TracesSampler string `koanf:"traces_sampler"`
+	// TracesSamplerArg is OTEL_TRACES_SAMPLER_ARG, e.g. the ratio 0.1.
 	TracesSamplerArg string `koanf:"traces_sampler_arg"`
 
 	// BatchTimeout is the longest a finished span waits before export
@@ -103,8 +104,9 @@ func (c Config) EnvOverrides() map[string]string {
 	return out
 }
 
-// Validate reports every invalid setting, each error naming its key
-// (relative to the telemetry section).
+// Validate reports every invalid setting: it returns nil for a valid
+// configuration, otherwise one error per bad setting (joined with
+// errors.Join), each naming its key relative to the telemetry section.
 func (c Config) Validate() error {
 	var errs []error
 	for _, f := range c.envFields() {

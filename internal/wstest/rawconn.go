@@ -179,7 +179,9 @@ func (c *Conn) WriteClose(code uint16, reason string) error {
 // Frame is one frame received from the server. The zero value is an
 // empty continuation frame.
 type Frame struct {
-	Opcode  byte
+	// Opcode is the frame's opcode (OpText, OpClose, ...).
+	Opcode byte
+	// Payload is the unmasked payload.
 	Payload []byte
 }
 
