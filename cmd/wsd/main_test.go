@@ -259,7 +259,10 @@ func TestTelemetryInvalidEnvironment(t *testing.T) {
 // line after the interval reports how many were suppressed.
 func TestExportErrorsRateLimited(t *testing.T) {
 	var buf wstest.SyncBuffer
-	h := newExportErrors(slog.New(slog.NewJSONHandler(&buf, nil)), 50*time.Millisecond)
+	// The burst must fit in one interval: a second is far more than 100
+	// calls take even on a loaded machine, where a descheduled goroutine
+	// could overrun 50 ms.
+	h := newExportErrors(slog.New(slog.NewJSONHandler(&buf, nil)), time.Second)
 	for range 100 {
 		h.Handle(errors.New("connection refused"))
 	}
