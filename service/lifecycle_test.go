@@ -208,7 +208,9 @@ func TestCleanupAfterMixedCloses(t *testing.T) {
 // drain_timeout a client whose socket is stuck, and returns nil.
 func TestShutdown(t *testing.T) {
 	ts := runServerWith(t, func(c *Config) {
-		c.Shutdown.DrainTimeout = 2 * time.Second
+		// Long enough for ten clients to answer the 1001 on a loaded
+		// machine; the stuck one holds the drain this long regardless.
+		c.Shutdown.DrainTimeout = 4 * time.Second
 		c.Backpressure.WriteTimeout = time.Minute // only the drain timeout can end the stuck one
 	}, smallSendBuffer)
 
@@ -351,7 +353,9 @@ func TestShutdownIdle(t *testing.T) {
 // never answers holds the drain until drain_timeout and is then
 // force-closed. Serve returns nil either way.
 func TestShutdownWaitsForCloseHandshake(t *testing.T) {
-	ts := runServer(t, func(c *Config) { c.Shutdown.DrainTimeout = time.Second })
+	// The polite client's answer must be processed, and the stats read,
+	// within drain_timeout: 3 s leaves a loaded machine room.
+	ts := runServer(t, func(c *Config) { c.Shutdown.DrainTimeout = 3 * time.Second })
 	polite := wstest.MustDialRaw(t, ts.wsURL("/ws/echo"))
 	silent := wstest.MustDialRaw(t, ts.wsURL("/ws/topics/x"))
 	waitStats(t, ts, "2 connections", func(st Stats) bool { return st.Connections == 2 })
