@@ -26,8 +26,9 @@ const (
 	OpPong         byte = 0xA
 )
 
-// ioTimeout bounds each read that Echo and CloseHandshake wait for:
-// generous, because the machine running the tests may be loaded.
+// ioTimeout bounds the upgrade exchange and each read that Echo and
+// CloseHandshake wait for: generous, because the machine running the
+// tests may be loaded.
 const ioTimeout = 10 * time.Second
 
 // Conn is a hand-rolled WebSocket client over a plain TCP connection.
@@ -45,13 +46,12 @@ type Conn struct {
 
 // dialConfig is what the DialOptions set.
 type dialConfig struct {
-	dialer  *net.Dialer
-	rcvbuf  int
-	header  http.Header
-	timeout time.Duration
+	dialer *net.Dialer
+	rcvbuf int
+	header http.Header
 }
 
-// A DialOption changes how DialRaw connects.
+// A DialOption changes how DialRaw connects; it must not be nil.
 type DialOption func(*dialConfig)
 
 // WithReadBuffer sets the socket's receive buffer to n bytes (which also
@@ -74,7 +74,7 @@ func WithDialer(d *net.Dialer) DialOption { return func(c *dialConfig) { c.diale
 // when the TCP connection cannot be made or the response is not HTTP
 // within 10 s.
 func DialRaw(url string, opts ...DialOption) (*Conn, *http.Response, error) {
-	cfg := dialConfig{dialer: &net.Dialer{Timeout: 5 * time.Second}, timeout: ioTimeout}
+	cfg := dialConfig{dialer: &net.Dialer{Timeout: 5 * time.Second}}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -99,7 +99,7 @@ func DialRaw(url string, opts ...DialOption) (*Conn, *http.Response, error) {
 		}
 	}
 	req.WriteString("\r\n")
-	_ = nc.SetDeadline(time.Now().Add(cfg.timeout))
+	_ = nc.SetDeadline(time.Now().Add(ioTimeout))
 	if _, err := io.WriteString(nc, req.String()); err != nil {
 		_ = nc.Close()
 		return nil, nil, fmt.Errorf("upgrade request to %s: %w", url, err)
