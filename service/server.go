@@ -5,9 +5,12 @@
 package service
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -303,9 +306,8 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, ep Endpoint, to
 		return
 	}
 	_ = nc.SetDeadline(time.Time{}) // net/http's header deadline no longer applies
-	// brw.Reader may already hold the client's first frames.
 	gc := &gwsConn{Conn: nc}
-	conn, err := s.upgrader.UpgradeFromConn(gc, brw.Reader, r)
+	conn, err := s.upgrader.UpgradeFromConn(gc, frameReader(nc, brw.Reader), r)
 	if err != nil {
 		s.adm.release(ip) // gws answered 400 and closed the socket
 		s.obs.UpgradeRejected(r.Context(), r, RejectBadRequest)
@@ -366,6 +368,25 @@ func (s *Server) endpointCounter(ep Endpoint) *atomic.Int64 {
 	}
 	return &s.counters.echo
 }
+
+// frameReader returns the reader gws reads frames from. net/http's
+// reader is not kept: it reads through net/http's per-connection state
+// (a mutex and bookkeeping on every read) and keeps that state alive for
+// the life of the WebSocket, ~1.5 KiB per idle connection (benchmarks,
+// README). A client may have sent its first frames together with the
+// upgrade request; those bytes, already in net/http's buffer, are read
+// first.
+func frameReader(nc net.Conn, hr *bufio.Reader) *bufio.Reader {
+	n := hr.Buffered()
+	if n == 0 {
+		return bufio.NewReaderSize(nc, frameReadBuffer)
+	}
+	early, _ := hr.Peek(n) // cannot fail: n bytes are buffered
+	return bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(early)), nc), frameReadBuffer)
+}
+
+// frameReadBuffer is gws's default read buffer size.
+const frameReadBuffer = 4 << 10
 
 // gwsLogger routes gws's own log lines to slog.
 type gwsLogger struct{ l *slog.Logger }
