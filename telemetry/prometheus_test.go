@@ -21,11 +21,11 @@ func readmeMetricNames(t *testing.T) []string {
 	if err != nil {
 		t.Fatalf("read README: %v", err)
 	}
-	_, section, ok := strings.Cut(string(b), "<!-- section: telemetry (owner: telemetry) -->")
+	_, section, ok := strings.Cut(string(b), "\n## Telemetry\n")
 	if !ok {
 		t.Fatal("README has no telemetry section")
 	}
-	section, _, _ = strings.Cut(section, "<!-- /section: telemetry -->")
+	section, _, _ = strings.Cut(section, "\n## ") // up to the next section
 	row := regexp.MustCompile("^\\| `([a-z0-9_.]+)` \\| `([a-z0-9_]+)` \\|")
 	var names []string
 	sc := bufio.NewScanner(strings.NewReader(section))
