@@ -281,11 +281,12 @@ func buildImage(ctx context.Context, name string, files map[string][]byte, targe
 	}
 	b.err = ensure(ctx, tag, files, target, binMode)
 	close(b.done)
-	if b.err != nil {
-		buildsMu.Lock()
-		delete(builds, tag) // let a later call retry
-		buildsMu.Unlock()
-	}
+	// The map only joins builds in flight: a later call asks the engine
+	// again, so an image removed meanwhile (a test's cleanup, a prune) is
+	// rebuilt, and a failed build is retried.
+	buildsMu.Lock()
+	delete(builds, tag)
+	buildsMu.Unlock()
 	return tag, b.err
 }
 
