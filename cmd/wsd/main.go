@@ -93,7 +93,19 @@ func newLogHandler(c service.LogConfig, w io.Writer) slog.Handler {
 	if c.Format == "text" {
 		return slog.NewTextHandler(w, opts)
 	}
+	opts.ReplaceAttr = durationString
 	return slog.NewJSONHandler(w, opts)
+}
+
+// durationString writes durations in JSON logs as Go durations ("1.5s",
+// as in the configuration and the text format) instead of slog's integer
+// nanoseconds, which an operator reading a close line cannot tell apart
+// from a byte count.
+func durationString(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		a.Value = slog.StringValue(a.Value.Duration().String())
+	}
+	return a
 }
 
 // healthcheck probes the admin /healthz endpoint: an image built FROM

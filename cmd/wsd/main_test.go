@@ -180,6 +180,11 @@ func TestTelemetryDefaultWiring(t *testing.T) {
 		if rec["msg"] == "connection closed" {
 			id, _ := rec["trace_id"].(string)
 			closedWithTrace = len(id) == 32 && len(rec["span_id"].(string)) == 16
+			if d, _ := rec["duration"].(string); d == "" {
+				t.Errorf("duration %v (%T), want a Go duration string", rec["duration"], rec["duration"])
+			} else if _, err := time.ParseDuration(d); err != nil {
+				t.Errorf("duration %q: %v", d, err)
+			}
 		}
 	}
 	if exporters := p.exporters(t); exporters != "traces=none metrics=prometheus logs=none" {
