@@ -263,8 +263,14 @@ func (s *session) shape() {
 	if s.limiter == nil {
 		return
 	}
-	r := s.limiter.Reserve()
-	d := r.Delay()
+	// Allow is the per-message fast path: no allocation and one clock
+	// read, where Reserve allocates a Reservation and Delay reads the
+	// clock again. Only a client over its rate takes the slow path.
+	now := time.Now()
+	if s.limiter.AllowN(now, 1) {
+		return
+	}
+	d := s.limiter.ReserveN(now, 1).DelayFrom(now)
 	if d <= 0 {
 		return
 	}
