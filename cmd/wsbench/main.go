@@ -203,12 +203,20 @@ func checkResults(r *Results) error {
 	return errors.Join(errs...)
 }
 
+// numCPU counts the machine's processors. runtime.NumCPU is not used:
+// it follows the affinity mask, which is one CPU once the tool pins itself.
 func numCPU() int {
 	b, err := os.ReadFile("/proc/cpuinfo")
 	if err != nil {
 		return 1
 	}
-	return strings.Count(string(b), "\nprocessor\t") + map[bool]int{true: 1}[strings.HasPrefix(string(b), "processor\t")]
+	n := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "processor\t") {
+			n++
+		}
+	}
+	return max(n, 1)
 }
 
 // reexecPinned replaces this process with itself under taskset, so the
@@ -226,11 +234,28 @@ func reexecPinned(cpus string) error {
 	return syscall.Exec(taskset, append([]string{"taskset", "-c", cpus, self}, os.Args[1:]...), env)
 }
 
-func commonDial(fs *flag.FlagSet) (*string, *string, *int) {
+// loadCmd is the shape of every load subcommand: the shared dial flags
+// plus the subcommand's own (define), parsed from args; then run with
+// the dial options and its result printed as JSON, even when run fails
+// part way (the partial figures say where).
+func loadCmd[R any](name string, args []string, stdout, stderr io.Writer, define func(*flag.FlagSet), run func(dialOptions) (R, error)) error {
+	fs := newFlags(name, stderr)
 	url := fs.String("url", "", "WebSocket URL (required)")
 	src := fs.String("src", defaultSources, "client source addresses (range or list)")
 	conc := fs.Int("dial-concurrency", 128, "parallel handshakes")
-	return url, src, conc
+	define(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	dial, err := dialFrom(*url, *src, *conc)
+	if err != nil {
+		return err
+	}
+	r, err := run(dial)
+	if perr := printJSON(stdout, r); perr != nil {
+		return perr
+	}
+	return err
 }
 
 func dialFrom(url, src string, conc int) (dialOptions, error) {
@@ -248,93 +273,71 @@ func dialFrom(url, src string, conc int) (dialOptions, error) {
 }
 
 func echoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("echo", stderr)
-	url, src, conc := commonDial(fs)
 	cfg := echoConfig{}
-	fs.IntVar(&cfg.conns, "conns", 1000, "connections")
-	fs.IntVar(&cfg.inflight, "inflight", 8, "closed loop: messages outstanding per connection")
-	fs.Float64Var(&cfg.rate, "rate", 0, "open loop: messages per second over all connections (0: closed loop)")
-	fs.IntVar(&cfg.size, "size", 1024, "payload bytes")
-	fs.DurationVar(&cfg.warmup, "warmup", 3*time.Second, "warm-up, not measured")
-	fs.DurationVar(&cfg.window, "duration", 10*time.Second, "measured window")
-	fs.IntVar(&cfg.pid, "pid", 0, "server pid to sample CPU and RSS from /proc (0: none)")
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	var err error
-	if cfg.dial, err = dialFrom(*url, *src, *conc); err != nil {
-		return err
-	}
-	r, err := runEcho(ctx, cfg)
-	if perr := printJSON(stdout, r); perr != nil {
-		return perr
-	}
-	return err
+	return loadCmd("echo", args, stdout, stderr, func(fs *flag.FlagSet) {
+		fs.IntVar(&cfg.conns, "conns", 1000, "connections")
+		fs.IntVar(&cfg.inflight, "inflight", 8, "closed loop: messages outstanding per connection")
+		fs.Float64Var(&cfg.rate, "rate", 0, "open loop: messages per second over all connections (0: closed loop)")
+		fs.IntVar(&cfg.size, "size", 1024, "payload bytes")
+		fs.DurationVar(&cfg.warmup, "warmup", 3*time.Second, "warm-up, not measured")
+		fs.DurationVar(&cfg.window, "duration", 10*time.Second, "measured window")
+		fs.IntVar(&cfg.pid, "pid", 0, "server pid to sample CPU and RSS from /proc (0: none)")
+	}, func(d dialOptions) (EchoResult, error) {
+		cfg.dial = d
+		return runEcho(ctx, cfg)
+	})
 }
 
 func fanoutCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("fanout", stderr)
-	url, src, conc := commonDial(fs)
 	cfg := fanoutConfig{}
-	fs.IntVar(&cfg.subs, "subs", 1000, "subscribers, slow ones included")
-	fs.IntVar(&cfg.slow, "slow", 0, "subscribers that stop reading")
-	fs.Float64Var(&cfg.rate, "rate", 10, "published messages per second")
-	fs.IntVar(&cfg.size, "size", 1024, "payload bytes")
-	fs.DurationVar(&cfg.warmup, "warmup", 2*time.Second, "warm-up, not measured")
-	fs.DurationVar(&cfg.window, "duration", 10*time.Second, "measured window")
-	fs.DurationVar(&cfg.every, "sample", 500*time.Millisecond, "server RSS sampling period")
-	fs.IntVar(&cfg.pid, "pid", 0, "server pid to sample CPU and RSS from /proc (0: none)")
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	var err error
-	if cfg.dial, err = dialFrom(*url, *src, *conc); err != nil {
-		return err
-	}
-	r, err := runFanout(ctx, cfg)
-	if perr := printJSON(stdout, r); perr != nil {
-		return perr
-	}
-	return err
+	return loadCmd("fanout", args, stdout, stderr, func(fs *flag.FlagSet) {
+		fs.IntVar(&cfg.subs, "subs", 1000, "subscribers, slow ones included")
+		fs.IntVar(&cfg.slow, "slow", 0, "subscribers that stop reading")
+		fs.Float64Var(&cfg.rate, "rate", 10, "published messages per second")
+		fs.IntVar(&cfg.size, "size", 1024, "payload bytes")
+		fs.DurationVar(&cfg.warmup, "warmup", 2*time.Second, "warm-up, not measured")
+		fs.DurationVar(&cfg.window, "duration", 10*time.Second, "measured window")
+		fs.DurationVar(&cfg.every, "sample", 500*time.Millisecond, "server RSS sampling period")
+		fs.IntVar(&cfg.pid, "pid", 0, "server pid to sample CPU and RSS from /proc (0: none)")
+	}, func(d dialOptions) (FanoutResult, error) {
+		cfg.dial = d
+		return runFanout(ctx, cfg)
+	})
+}
+
+// idleResult is what `wsbench idle` prints.
+type idleResult struct {
+	Conns       int     `json:"conns"`
+	DialSeconds float64 `json:"dial_seconds"`
+	Closed      int64   `json:"closed_by_server"`
 }
 
 func idleCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("idle", stderr)
-	url, src, conc := commonDial(fs)
-	n := fs.Int("conns", 10000, "connections to hold")
-	hold := fs.Duration("hold", 30*time.Second, "how long to hold them")
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	o, err := dialFrom(*url, *src, *conc)
-	if err != nil {
-		return err
-	}
-	var lost atomic.Int64
-	began := time.Now()
-	conns, err := dialAll(ctx, o, *n, func(int) gws.Event { return baseEvent{closed: &lost} })
-	if err != nil {
-		return err
-	}
-	defer closeAll(conns)
-	dialed := time.Since(began)
-	fmt.Fprintf(stderr, "wsbench: %d connections open in %s; holding for %s\n", *n, dialed.Round(time.Millisecond), *hold)
-	err = sleepCtx(ctx, *hold)
-	if errors.Is(err, context.Canceled) {
-		err = nil // interrupted: report what was held
-	}
-	r := struct {
-		Conns       int     `json:"conns"`
-		DialSeconds float64 `json:"dial_seconds"`
-		Closed      int64   `json:"closed_by_server"`
-	}{*n, dialed.Seconds(), lost.Load()}
-	if perr := printJSON(stdout, r); perr != nil {
-		return perr
-	}
-	if err == nil && r.Closed > 0 {
-		err = fmt.Errorf("the server closed %d of %d idle connections", r.Closed, *n)
-	}
-	return err
+	var n int
+	var hold time.Duration
+	return loadCmd("idle", args, stdout, stderr, func(fs *flag.FlagSet) {
+		fs.IntVar(&n, "conns", 10000, "connections to hold")
+		fs.DurationVar(&hold, "hold", 30*time.Second, "how long to hold them")
+	}, func(d dialOptions) (idleResult, error) {
+		var lost atomic.Int64
+		began := time.Now()
+		conns, err := dialAll(ctx, d, n, func(int) gws.Event { return baseEvent{closed: &lost} })
+		if err != nil {
+			return idleResult{}, err
+		}
+		defer closeAll(conns)
+		dialed := time.Since(began)
+		fmt.Fprintf(stderr, "wsbench: %d connections open in %s; holding for %s\n", n, dialed.Round(time.Millisecond), hold)
+		err = sleepCtx(ctx, hold)
+		if errors.Is(err, context.Canceled) {
+			err = nil // interrupted: report what was held
+		}
+		r := idleResult{n, dialed.Seconds(), lost.Load()}
+		if err == nil && r.Closed > 0 {
+			err = fmt.Errorf("the server closed %d of %d idle connections", r.Closed, n)
+		}
+		return r, err
+	})
 }
 
 func reportCmd(args []string, stdout, stderr io.Writer) error {
