@@ -20,7 +20,10 @@ func TestSlowConsumersDropPolicyAccountsForEveryMessage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	after, _ := tg.Admin.Stats(t.Context())
+	after, err := tg.Admin.Stats(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
 	for i, f := range out.Fast {
 		if f.Received != messages || !f.InOrder {
 			t.Errorf("fast %d: %+v", i, f)

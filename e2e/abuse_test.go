@@ -25,6 +25,7 @@ func TestProtocolAbuse(t *testing.T) {
 	cases := chaos.Abuse(s.ctx, s.target, chaos.AbuseConfig{
 		MaxMessageBytes: maxMsg, HandshakeTimeout: handshake, Slowloris: 20, ForbiddenOrigin: "http://evil.example",
 	})
+	s.check("abuse cases ran", len(cases) >= 20, ">= 20", "%d", len(cases))
 	for _, c := range cases {
 		s.res.Fault("%s", c.Name)
 		s.check(c.Name, c.Pass, c.Want, "%s", c.Got)

@@ -42,7 +42,11 @@ func TestHeartbeatReapsSilentPeer(t *testing.T) {
 			waitIdle(t, ts)
 			// Only the client's own end is still open.
 			wstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
-				if n, _ := countOpenFDs(); n > before+1 {
+				n, ok := countOpenFDs()
+				if !ok {
+					return fmt.Errorf("cannot count descriptors")
+				}
+				if n > before+1 {
 					return fmt.Errorf("%d descriptors open, want at most %d", n, before+1)
 				}
 				return nil
