@@ -84,7 +84,10 @@ func (g *fdGuard) over(limit int64) bool {
 	if g.open() < limit {
 		return false
 	}
-	if time.Now().UnixNano()-g.sampled.Load() > int64(resampleEvery) {
+	// One caller re-reads a stale sample; the others under the same
+	// flood use the current estimate instead of all scanning /proc.
+	last, now := g.sampled.Load(), time.Now().UnixNano()
+	if now-last > int64(resampleEvery) && g.sampled.CompareAndSwap(last, now) {
 		g.sample()
 	}
 	return g.open() >= limit

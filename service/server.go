@@ -98,6 +98,7 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 		ReadMaxPayloadSize:  cfg.Limits.MaxMessageBytes,
 		WriteMaxPayloadSize: cfg.Limits.MaxMessageBytes,
 		CheckUtf8Enabled:    true,
+		ReadBufferSize:      frameReadBuffer, // also the size of frameReader's reader
 		HandshakeTimeout:    cfg.Limits.HandshakeTimeout,
 		Logger:              gwsLogger{s.log},
 		// Each connection gets its own storage slot, set before ReadLoop.
@@ -385,7 +386,8 @@ func frameReader(nc net.Conn, hr *bufio.Reader) *bufio.Reader {
 	return bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(early)), nc), frameReadBuffer)
 }
 
-// frameReadBuffer is gws's default read buffer size.
+// frameReadBuffer is the per-connection read buffer (gws's default size),
+// for gws's own readers and for frameReader's.
 const frameReadBuffer = 4 << 10
 
 // gwsLogger routes gws's own log lines to slog.

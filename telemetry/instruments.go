@@ -66,8 +66,6 @@ type instruments struct {
 	sessionDuration                            metric.Float64Histogram
 	active, paused, buffered, fdCount, fdLimit metric.Int64Observable
 
-	depthTick atomic.Uint64 // wsd.send_buffer.depth sampling
-
 	meter  metric.Meter
 	eps    [2]endpointOpts    // [0] echo, [1] topic
 	counts [2]messageCounters // same index

@@ -144,13 +144,14 @@ func (s *session) MessageReceived(n int) {
 
 // MessageSent implements service.SessionObserver.
 func (s *session) MessageSent(n int, buffered int64) {
-	s.counts.msgsOut.Add(1)
+	sent := s.counts.msgsOut.Add(1)
 	s.counts.bytesOut.Add(int64(n))
 	// Sampled, one write in depthSampleEvery: this runs in gws's writer
 	// goroutine, which is often freshly started, and the SDK's Record
 	// path grows its stack (a copy costing about a microsecond, several
 	// percent of an echo round trip). The sample keeps the distribution.
-	if s.t.inst.depthTick.Add(1)%depthSampleEvery == 0 {
+	// The endpoint's sent-message count picks the sample: no extra atomic.
+	if sent%depthSampleEvery == 0 {
 		s.t.inst.bufferDepth.Record(bg, buffered, s.ep.rec...)
 	}
 	if s.msgSpans {
