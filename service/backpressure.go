@@ -41,13 +41,17 @@ type loadCounters struct {
 }
 
 // sendBuffer tracks one connection's unsent bytes and its backpressure
-// state. The zero value is not usable: see newSendBuffer.
+// state, and feeds the write watchdog (see stalled). The zero value is
+// not usable: see newSendBuffer.
 type sendBuffer struct {
 	cfg    *BackpressureConfig
 	totals *loadCounters
+	clock  *atomic.Int64 // the server's coarse clock (unix nanos)
 
 	mu       sync.Mutex
 	bytes    int64
+	control  int           // control frames queued, not yet written
+	progress int64         // clock at the last completed write, or when writes became pending
 	warned   bool          // a warn episode is under way
 	paused   bool          // reading is paused
 	dropping bool          // drop policy: discarding until drained
@@ -56,8 +60,8 @@ type sendBuffer struct {
 	resume   chan struct{} // closed when the pause ends
 }
 
-func newSendBuffer(cfg *BackpressureConfig, totals *loadCounters) *sendBuffer {
-	return &sendBuffer{cfg: cfg, totals: totals}
+func newSendBuffer(cfg *BackpressureConfig, totals *loadCounters, clock *atomic.Int64) *sendBuffer {
+	return &sendBuffer{cfg: cfg, totals: totals, clock: clock}
 }
 
 // add counts n bytes accepted for sending. It never refuses: the echo
@@ -89,6 +93,7 @@ func (b *sendBuffer) offerFanout(n int64) (offer, transition, int64) {
 }
 
 func (b *sendBuffer) addLocked(n int64) transition {
+	b.startWindowLocked()
 	b.bytes += n
 	if !b.closed {
 		b.totals.buffered.Add(n)
@@ -117,6 +122,7 @@ func (b *sendBuffer) done(n int64) (transition, int64) {
 	defer b.mu.Unlock()
 	before := b.bytes
 	b.bytes -= n
+	b.progress = b.clock.Load()
 	if !b.closed {
 		b.totals.buffered.Add(-n)
 	}
@@ -143,6 +149,53 @@ func (b *sendBuffer) endPauseLocked() {
 	if !b.closed {
 		b.totals.paused.Add(-1)
 	}
+}
+
+// The write watchdog. A gws write blocks until the kernel takes the
+// bytes, so a peer that stops reading with a full TCP window holds one
+// write, and every write queued behind it, forever. Rather than a socket
+// write deadline per frame (a timer update and a clock read per message,
+// measurable on the echo path), the housekeeping sweep closes a
+// connection that has had writes pending with none completing for
+// write_timeout. The clock is read under the same lock that makes writes
+// pending, so a sweep never sees pending writes with a stale window.
+// Frames from the peer (pings included) are not progress: a client that
+// pings but never reads is still closed.
+
+// startWindowLocked starts the watchdog's window when writes become
+// pending.
+func (b *sendBuffer) startWindowLocked() {
+	if b.bytes == 0 && b.control == 0 {
+		b.progress = b.clock.Load()
+	}
+}
+
+// addControl counts a queued control frame (ping, pong) for the watchdog;
+// control frames are not send-buffer bytes.
+func (b *sendBuffer) addControl() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.startWindowLocked()
+	b.control++
+}
+
+// doneControl counts a control frame write that finished; a successful
+// one is progress.
+func (b *sendBuffer) doneControl(ok bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.control--
+	if ok {
+		b.progress = b.clock.Load()
+	}
+}
+
+// stalled reports whether writes have been pending, with none
+// completing, for longer than write_timeout at clock reading now.
+func (b *sendBuffer) stalled(now int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return (b.bytes > 0 || b.control > 0) && time.Duration(now-b.progress) > b.cfg.WriteTimeout
 }
 
 // pauseState returns the channel closed when the current pause ends and

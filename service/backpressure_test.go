@@ -44,7 +44,7 @@ func TestSendBufferHysteresis(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var totals loadCounters
-			b := newSendBuffer(&cfg, &totals)
+			b := newSendBuffer(&cfg, &totals, new(atomic.Int64))
 			var level int64
 			for i, st := range tt.steps {
 				var got transition
@@ -82,7 +82,7 @@ func TestSendBufferFanoutPolicies(t *testing.T) {
 		t.Run(policy, func(t *testing.T) {
 			cfg := BackpressureConfig{WarnBytes: 100, PauseBytes: 1000, ResumeBytes: 500, MaxBytes: 2000, SlowConsumer: policy}
 			var totals loadCounters
-			b := newSendBuffer(&cfg, &totals)
+			b := newSendBuffer(&cfg, &totals, new(atomic.Int64))
 			if v, _, _ := b.offerFanout(2000); v != offerAccept {
 				t.Fatalf("at max: verdict %d, want accept", v)
 			}
@@ -260,4 +260,76 @@ func TestMaxPausedCloses1013(t *testing.T) {
 		t.Fatalf("%d heartbeat timeouts for a paused connection, want 0", hb)
 	}
 	waitIdle(t, ts)
+}
+
+// TestWriteWatchdog drives the send buffer's watchdog with a fake clock:
+// only writes pending with none completing for write_timeout are a
+// stall; completions (data or control) restart the window, frames in
+// are not progress, and an idle connection never stalls however long
+// it has been since its last write.
+func TestWriteWatchdog(t *testing.T) {
+	const wt = 10 * time.Second
+	type op struct {
+		at     time.Duration // clock reading for the op
+		action string        // add, done, ctl, ctlok, ctlfail, check
+		want   bool          // for check
+	}
+	tests := []struct {
+		name string
+		ops  []op
+	}{
+		{"idle never stalls", []op{{0, "check", false}, {time.Hour, "check", false}}},
+		{"idle for long, then a write: the window starts at the write", []op{
+			{time.Hour, "add", false}, {time.Hour + wt, "check", false}, {time.Hour + wt + 1, "check", true},
+		}},
+		{"a stuck data write", []op{{0, "add", false}, {wt, "check", false}, {wt + 1, "check", true}}},
+		{"completions restart the window", []op{
+			{0, "add", false}, {0, "add", false}, {8 * time.Second, "done", false},
+			{wt + 1, "check", false}, {18*time.Second + 1, "check", true},
+		}},
+		{"drained: no stall", []op{{0, "add", false}, {time.Second, "done", false}, {time.Hour, "check", false}}},
+		{"queueing more does not restart the window", []op{
+			{0, "add", false}, {9 * time.Second, "add", false}, {wt + 1, "check", true},
+		}},
+		{"a stuck pong (client pings, never reads)", []op{
+			{0, "ctl", false}, {wt + 1, "check", true},
+		}},
+		{"a written ping is progress", []op{
+			{0, "add", false}, {0, "ctl", false}, {9 * time.Second, "ctlok", false}, {wt + 1, "check", false},
+		}},
+		{"a failed control write is not progress", []op{
+			{0, "add", false}, {0, "ctl", false}, {9 * time.Second, "ctlfail", false}, {wt + 1, "check", true},
+		}},
+		{"control queued behind data does not restart the window", []op{
+			{0, "add", false}, {9 * time.Second, "ctl", false}, {wt + 1, "check", true},
+		}},
+	}
+	cfg := BackpressureConfig{WarnBytes: 1 << 20, PauseBytes: 2 << 20, ResumeBytes: 1 << 20, MaxBytes: 4 << 20,
+		MaxPaused: time.Minute, WriteTimeout: wt, SlowConsumer: SlowConsumerClose}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var totals loadCounters
+			clock := new(atomic.Int64)
+			b := newSendBuffer(&cfg, &totals, clock)
+			for i, o := range tt.ops {
+				clock.Store(int64(o.at))
+				switch o.action {
+				case "add":
+					b.add(100)
+				case "done":
+					b.done(100)
+				case "ctl":
+					b.addControl()
+				case "ctlok":
+					b.doneControl(true)
+				case "ctlfail":
+					b.doneControl(false)
+				case "check":
+					if got := b.stalled(int64(o.at)); got != o.want {
+						t.Fatalf("op %d at %v: stalled = %v, want %v", i, o.at, got, o.want)
+					}
+				}
+			}
+		})
+	}
 }

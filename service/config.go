@@ -122,8 +122,10 @@ type BackpressureConfig struct {
 	MaxBytes int64 `koanf:"max_bytes"`
 	// MaxPaused: a connection paused longer than this is closed with 1013.
 	MaxPaused time.Duration `koanf:"max_paused"`
-	// WriteTimeout: a single frame write that cannot complete in this
-	// time closes the connection (dead peer with a full TCP window).
+	// WriteTimeout: a connection with writes pending and none completing
+	// for this long is closed (a dead or hostile peer with a full TCP
+	// window would otherwise hold its queue and descriptor forever).
+	// Enforced by the housekeeping sweep, within a quarter of itself.
 	WriteTimeout time.Duration `koanf:"write_timeout"`
 	// SlowConsumer is the policy above MaxBytes: "close" or "drop".
 	SlowConsumer string `koanf:"slow_consumer"`

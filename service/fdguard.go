@@ -1,9 +1,9 @@
 package service
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -102,16 +102,53 @@ func countOpenFDs() (int, bool) {
 	return n, err == nil
 }
 
-// readOpenFDs is countOpenFDs with the reason it failed.
+// readOpenFDs is countOpenFDs with the reason it failed. It reads the
+// directory with getdents64 into a stack buffer and counts records
+// without building names: os.File.Readdirnames allocates a string per
+// descriptor, which at 10k connections and one sample a second was the
+// largest source of garbage of an idle server (its heap, and so its RSS,
+// grew towards the GC goal with nothing happening).
 func readOpenFDs() (int, error) {
-	d, err := os.Open("/proc/self/fd")
+	fd, err := syscall.Open("/proc/self/fd", syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		return 0, fmt.Errorf("count open descriptors: %w", err)
 	}
-	defer d.Close()
-	names, err := d.Readdirnames(-1)
-	if err != nil {
-		return 0, fmt.Errorf("count open descriptors: %w", err)
+	defer syscall.Close(fd)
+	var buf [8 << 10]byte
+	n := 0
+	for {
+		got, err := syscall.ReadDirent(fd, buf[:])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return 0, fmt.Errorf("count open descriptors: %w", err)
+		}
+		if got <= 0 {
+			break
+		}
+		n += countDirents(buf[:got])
 	}
-	return len(names) - 1, nil
+	return n - 1, nil // the descriptor reading the directory
+}
+
+// countDirents counts the linux_dirent64 records in b, leaving out "."
+// and "..": each record is ino (8 bytes), off (8), reclen (2), type (1),
+// then the NUL-terminated name.
+func countDirents(b []byte) int {
+	n := 0
+	for len(b) >= 19 {
+		reclen := int(binary.NativeEndian.Uint16(b[16:18]))
+		if reclen < 19 || reclen > len(b) {
+			break
+		}
+		name := b[19:reclen]
+		dot := len(name) >= 2 && name[0] == '.' && name[1] == 0
+		dotdot := len(name) >= 3 && name[0] == '.' && name[1] == '.' && name[2] == 0
+		if !dot && !dotdot {
+			n++
+		}
+		b = b[reclen:]
+	}
+	return n
 }

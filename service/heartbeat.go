@@ -1,6 +1,8 @@
 package service
 
 import (
+	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"time"
 )
@@ -8,10 +10,12 @@ import (
 // The heartbeat is one housekeeping goroutine per server, not a timer
 // per connection: every tick it advances a coarse clock (which sessions
 // read, instead of calling time.Now per frame), samples the descriptor
-// count, and sweeps the registry once — pinging connections whose
-// ping_interval has passed and closing those from which nothing has
-// arrived for ping_interval + pong_timeout. A sweep over 100k sessions is
-// a few milliseconds of atomic loads.
+// count, and sweeps the registry once — closing connections whose writes
+// have stalled for write_timeout (the write watchdog, backpressure.go),
+// pinging those whose ping_interval has passed and closing those from
+// which nothing has arrived for ping_interval + pong_timeout. A sweep
+// over 100k sessions is a few milliseconds of uncontended locks and
+// atomic loads.
 
 // registryShards spreads registration contention over several locks.
 const registryShards = 32
@@ -76,14 +80,16 @@ func (r *registry) len() int {
 }
 
 // tickInterval is the housekeeping period: fine enough to honour the
-// heartbeat settings, coarse enough to cost nothing.
-func tickInterval(h HeartbeatConfig) time.Duration {
-	return min(max(min(h.PingInterval, h.PongTimeout)/4, 10*time.Millisecond), time.Second)
+// heartbeat settings and write_timeout (each is enforced within a
+// quarter of itself, or 1s), coarse enough to cost nothing.
+func tickInterval(c *Config) time.Duration {
+	shortest := min(c.Heartbeat.PingInterval, c.Heartbeat.PongTimeout, c.Backpressure.WriteTimeout)
+	return min(max(shortest/4, 10*time.Millisecond), time.Second)
 }
 
 // housekeeping runs until stop is closed.
 func (srv *Server) housekeeping(stop <-chan struct{}) {
-	t := time.NewTicker(tickInterval(srv.cfg.Heartbeat))
+	t := time.NewTicker(tickInterval(&srv.cfg))
 	defer t.Stop()
 	var buf []*session
 	for {
@@ -104,6 +110,12 @@ func (srv *Server) heartbeat(s *session) {
 		return
 	}
 	now := srv.now()
+	if s.buf.stalled(now) {
+		srv.log.LogAttrs(s.ctx, slog.LevelInfo, "write timeout: peer not reading", slog.Uint64("conn_id", s.id),
+			slog.Int64("buffered_bytes", s.buf.buffered()))
+		s.abort(reasonWriteTimeout, errWriteStalled)
+		return
+	}
 	if s.buf.isPaused() {
 		// Paused reading is not idleness: the client may be sending
 		// all along; we are the ones not reading.
@@ -117,12 +129,21 @@ func (srv *Server) heartbeat(s *session) {
 	}
 	if time.Duration(now-s.lastPing.Load()) >= hb.PingInterval && s.pingPending.CompareAndSwap(false, true) {
 		s.lastPing.Store(now)
-		s.conn.Async(func() {
+		s.queueControl(func() error {
 			s.pingPending.Store(false)
-			s.setWriteDeadline()
-			_ = s.conn.WritePing(nil)
+			return s.conn.WritePing(nil)
 		})
 	}
+}
+
+// firstPingJitter spreads the first ping of a connection over the second
+// half of its first ping_interval: connections opened together (a
+// reconnect storm, a load test) would otherwise be pinged in the same
+// sweep, every interval, and their ping writes (one gws write goroutine
+// each) would all run at once: 10k idle connections cost ~30 MB of
+// transient stacks per burst, kept as RSS, in the benchmarks.
+func firstPingJitter(interval time.Duration) int64 {
+	return rand.Int64N(int64(interval)/2 + 1)
 }
 
 // isDying reports whether the server has started closing the session.

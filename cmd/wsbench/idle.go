@@ -31,9 +31,9 @@ type IdleResult struct {
 }
 
 // runIdle opens connections in steps (cumulative counts) on the echo
-// endpoint, waits for the server's RSS to settle after each step and
-// records it. The connections send nothing but answer pings.
-func runIdle(ctx context.Context, o dialOptions, pid int, steps []int, memstats func() (stack, heap int64, err error)) (IdleResult, error) {
+// endpoint, holds each step for hold, waits for the server's RSS to
+// settle and records it. The connections send nothing but answer pings.
+func runIdle(ctx context.Context, o dialOptions, pid int, steps []int, hold time.Duration, memstats func() (stack, heap int64, err error)) (IdleResult, error) {
 	var res IdleResult
 	s0, err := settledRSS(ctx, pid)
 	if err != nil {
@@ -53,6 +53,9 @@ func runIdle(ctx context.Context, o dialOptions, pid int, steps []int, memstats 
 			return res, fmt.Errorf("idle: %d connections: %w", n, err)
 		}
 		held = append(held, conns...)
+		if err := sleepCtx(ctx, hold); err != nil {
+			return res, err
+		}
 		rss, err := settledRSS(ctx, pid)
 		if err != nil {
 			return res, err

@@ -199,7 +199,11 @@ func markdown(r *Results) string {
 		}
 	}
 
-	b.WriteString("\n## Memory per idle connection\n\n| server | connections | RSS MiB | extra KiB per connection | goroutine stacks KiB per connection | Go heap in use KiB per connection |\n|---|---|---|---|---|---|\n")
+	b.WriteString("\n## Memory per idle connection\n\n")
+	if r.Params.IdleHoldS > 0 {
+		fmt.Fprintf(&b, "Each step (cumulative) is held %.0fs before RSS is read: by then wsd has pinged every connection of the step at least once (its first ping comes 12.5-25s after the connection opens), so the figures include what wsd's heartbeat costs an idle connection.\n\n", r.Params.IdleHoldS)
+	}
+	b.WriteString("| server | connections | RSS MiB | extra KiB per connection | goroutine stacks KiB per connection | Go heap in use KiB per connection |\n|---|---|---|---|---|---|\n")
 	for _, name := range sortedKeys(r.Idle) {
 		i := r.Idle[name]
 		fmt.Fprintf(&b, "| %s | 0 | %.1f | | | |\n", name, float64(i.RSS0)/mib)

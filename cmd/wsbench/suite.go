@@ -14,6 +14,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/wsd-dev/wsd/service"
 )
 
 // suiteConfig selects what the suite runs and where it writes.
@@ -38,6 +40,7 @@ type params struct {
 	OpenWarmup       time.Duration
 	OpenWindow       time.Duration
 	IdleSteps        []int
+	IdleHold         time.Duration // each idle step is held this long before RSS is read
 	Fanout           fanoutConfig
 	Isolation        fanoutConfig
 	ScrapeEvery      time.Duration
@@ -52,6 +55,7 @@ type Params struct {
 	OpenRateFraction                         float64
 	OpenWindowS                              float64
 	IdleSteps                                []int
+	IdleHoldS                                float64
 	FanoutSubs                               int
 	FanoutRate                               float64
 	FanoutPayload                            int
@@ -97,6 +101,12 @@ func suiteParams(smoke bool, maxIdle int) params {
 		OpenWarmup:       1500 * time.Millisecond,
 		OpenWindow:       5 * time.Second,
 		IdleSteps:        steps,
+		// One default heartbeat.ping_interval and a margin: wsd pings each
+		// connection for the first time 12.5-25s after it opened, and
+		// answering pings (the write, the pong read) is part of what an
+		// idle wsd connection costs. Reading RSS before that would
+		// measure connections that have not yet paid it.
+		IdleHold: service.DefaultPingInterval + 2*time.Second,
 		Fanout:           fanoutConfig{subs: 10000, rate: 4, size: 1024, warmup: 2 * time.Second, window: 10 * time.Second, every: 500 * time.Millisecond},
 		Isolation:        fanoutConfig{subs: 500, slow: 50, rate: 100, size: 8192, warmup: 2 * time.Second, window: 15 * time.Second, every: 500 * time.Millisecond},
 		ScrapeEvery:      5 * time.Second,
@@ -291,7 +301,7 @@ func runSuite(ctx context.Context, sc suiteConfig, logf func(string, ...any)) (*
 			if rs[name].spec.admin {
 				memstats = func() (int64, int64, error) { return rs[name].memStats(ctx) }
 			}
-			idle, err := runIdle(ctx, o, rs[name].pid, p.IdleSteps, memstats)
+			idle, err := runIdle(ctx, o, rs[name].pid, p.IdleSteps, p.IdleHold, memstats)
 			res.Idle[name] = idle
 			return err
 		})
@@ -466,7 +476,7 @@ func (p params) record() Params {
 		Rounds: p.Rounds, ClosedConns: p.Closed.conns, ClosedInFlight: p.Closed.inflight, PayloadSize: p.Closed.size,
 		ClosedWarmupS: p.Closed.warmup.Seconds(), ClosedWindowS: p.Closed.window.Seconds(),
 		OpenConns: p.OpenConns, OpenRateFraction: p.OpenRateFraction, OpenWindowS: p.OpenWindow.Seconds(),
-		IdleSteps:  p.IdleSteps,
+		IdleSteps:  p.IdleSteps, IdleHoldS: p.IdleHold.Seconds(),
 		FanoutSubs: p.Fanout.subs, FanoutRate: p.Fanout.rate, FanoutPayload: p.Fanout.size, FanoutWindowS: p.Fanout.window.Seconds(),
 		IsolationSubs: p.Isolation.subs, IsolationSlow: p.Isolation.slow, IsolationRate: p.Isolation.rate,
 		IsolationPayload: p.Isolation.size, IsolationWindowS: p.Isolation.window.Seconds(),
