@@ -247,9 +247,10 @@ func (r *recorder) UpgradeRejected(_ context.Context, _ *http.Request, reason Re
 	r.rejected[reason]++
 	r.mu.Unlock()
 }
-func (r *recorder) AcceptError(string)     {}
-func (r *recorder) MessageReceived(int)    {}
-func (r *recorder) MessageSent(int, int64) {}
+func (r *recorder) AcceptError(string)       {}
+func (r *recorder) MessageReceived(int)      {}
+func (r *recorder) MessageQueued(int, int64) {}
+func (r *recorder) MessageSent(int, int64)   {}
 func (r *recorder) Backpressure(ev BackpressureEvent, _ int64) {
 	r.mu.Lock()
 	r.events[ev]++

@@ -124,6 +124,12 @@ type Observer interface {
 type SessionObserver interface {
 	// MessageReceived: a data message of n payload bytes was read.
 	MessageReceived(n int)
+	// MessageQueued: a data message of n payload bytes was accepted for
+	// sending; buffered is the connection's send buffer including it.
+	// It is called on the goroutine that queued the message (the read
+	// loop for echo, the publisher's for fan-out), a long-lived one, not
+	// on gws's short-lived writer goroutine.
+	MessageQueued(n int, buffered int64)
 	// MessageSent: a data message of n payload bytes was written to the
 	// socket; buffered is the connection's send buffer before the write
 	// completed (the bytes that were waiting, this message included).
@@ -157,6 +163,7 @@ func (nopObserver) AcceptError(string)                                          
 type nopSession struct{}
 
 func (nopSession) MessageReceived(int)                   {}
+func (nopSession) MessageQueued(int, int64)              {}
 func (nopSession) MessageSent(int, int64)                {}
 func (nopSession) Backpressure(BackpressureEvent, int64) {}
 func (nopSession) Dropped(int)                           {}

@@ -5,12 +5,9 @@
 package service
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -98,7 +95,6 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 		ReadMaxPayloadSize:  cfg.Limits.MaxMessageBytes,
 		WriteMaxPayloadSize: cfg.Limits.MaxMessageBytes,
 		CheckUtf8Enabled:    true,
-		ReadBufferSize:      frameReadBuffer, // also the size of frameReader's reader
 		HandshakeTimeout:    cfg.Limits.HandshakeTimeout,
 		Logger:              gwsLogger{s.log},
 		// Each connection gets its own storage slot, set before ReadLoop.
@@ -373,34 +369,6 @@ func (s *Server) endpointCounter(ep Endpoint) *atomic.Int64 {
 	}
 	return &s.counters.echo
 }
-
-// frameReader returns the reader gws reads frames from. net/http's
-// reader is not kept: it reads through net/http's per-connection state
-// (a mutex and bookkeeping on every read) and keeps that state alive for
-// the life of the WebSocket, ~1.5 KiB per idle connection (benchmarks,
-// README). A client may have sent its first frames together with the
-// upgrade request; those bytes, already in net/http's buffer, are read
-// first.
-//
-// Reads bypass trackedConn (it only counts Close): the extra call frame
-// on the read path pushed the stack of every idle read loop, parked in
-// that call, from 2 KiB to 4 KiB (measured: 41 MB of stacks at 10k idle
-// connections, 23 MB without it).
-func frameReader(nc net.Conn, hr *bufio.Reader) *bufio.Reader {
-	if tc, ok := nc.(*trackedConn); ok {
-		nc = tc.Conn
-	}
-	n := hr.Buffered()
-	if n == 0 {
-		return bufio.NewReaderSize(nc, frameReadBuffer)
-	}
-	early, _ := hr.Peek(n) // cannot fail: n bytes are buffered
-	return bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(early)), nc), frameReadBuffer)
-}
-
-// frameReadBuffer is the per-connection read buffer (gws's default size),
-// for gws's own readers and for frameReader's.
-const frameReadBuffer = 4 << 10
 
 // gwsLogger routes gws's own log lines to slog.
 type gwsLogger struct{ l *slog.Logger }

@@ -128,17 +128,8 @@ func (h handler) OnClose(c *gws.Conn, err error) { sessionOf(c).finish(err) }
 // touch records inbound activity for the heartbeat.
 func (s *session) touch() { s.lastSeen.Store(s.srv.now()) }
 
-// The write watchdog. gws writes block until the kernel takes the bytes,
-// so a peer that stops reading with a full TCP window holds a write (and
-// every write queued behind it) forever. Instead of a socket write
-// deadline per frame (a timer update and a clock read per message, ~5%
-// of the echo path's CPU in the benchmarks), the housekeeping sweep
-// closes a connection that has had writes pending with none completing
-// for write_timeout. Pings from the peer do not count as progress, so a
-// client that pings but never reads is still closed.
-
 // queueControl queues a control frame write (ping or pong) under the
-// watchdog.
+// write watchdog (backpressure.go).
 func (s *session) queueControl(write func() error) {
 	s.buf.addControl()
 	s.conn.Async(func() {
@@ -159,6 +150,7 @@ func (s *session) setCloseDeadline() {
 func (s *session) echo(m *gws.Message) {
 	n := int64(m.Data.Len())
 	t, total := s.buf.add(n)
+	s.obs.MessageQueued(int(n), total)
 	s.report(t, total)
 	s.conn.Async(func() {
 		err := s.conn.WriteMessage(m.Opcode, m.Bytes())
@@ -186,6 +178,7 @@ func (s *session) Deliver(m *Outbound) {
 		s.evictSlow(total)
 		return
 	}
+	s.obs.MessageQueued(int(n), total)
 	s.report(t, total)
 	if err := m.b.Broadcast(s.conn); err != nil {
 		s.written(n, err)

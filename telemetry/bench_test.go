@@ -69,17 +69,23 @@ func newSession(tb testing.TB, ep service.Endpoint, opts []Option) service.Sessi
 	return so
 }
 
-// TestPerMessageNoAllocs: with the SDK providers, recording a received
-// and a sent message (counters, byte counters, size and buffer
+// TestPerMessageNoAllocs: with the SDK providers, recording a received,
+// a queued and a sent message (counters, byte counters, size and buffer
 // histograms) allocates nothing: instruments and attribute sets are
 // built once.
 func TestPerMessageNoAllocs(t *testing.T) {
 	for _, ep := range []service.Endpoint{service.EndpointEcho, service.EndpointTopic} {
 		so := newSession(t, ep, sdkOptions(t))
-		so.MessageReceived(512) // first use creates the aggregation entries
-		so.MessageSent(512, 4096)
+		// First use creates the aggregation entries (the histograms
+		// record one message in 8).
+		for range max(sizeSampleEvery, depthSampleEvery) {
+			so.MessageReceived(512)
+			so.MessageQueued(512, 4096)
+			so.MessageSent(512, 4096)
+		}
 		if allocs := testing.AllocsPerRun(1000, func() {
 			so.MessageReceived(512)
+			so.MessageQueued(512, 4096)
 			so.MessageSent(512, 4096)
 		}); allocs != 0 {
 			t.Errorf("%s: %.1f allocations per message pair, want 0", ep, allocs)
@@ -98,6 +104,7 @@ func BenchmarkObserverPerMessage(b *testing.B) {
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
 					so.MessageReceived(512)
+					so.MessageQueued(512, 4096)
 					so.MessageSent(512, 4096)
 				}
 			})

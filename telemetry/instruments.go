@@ -44,8 +44,13 @@ const (
 	keyURLPath      = attribute.Key("url.path")
 )
 
-// depthSampleEvery: wsd.send_buffer.depth records one write in this many
-// (process-wide), see session.MessageSent.
+// sizeSampleEvery: wsd.message.size records one received message in this
+// many per endpoint, see session.MessageReceived. Message and byte totals
+// are exact (wsd.messages.*, wsd.payload.*).
+const sizeSampleEvery = 8
+
+// depthSampleEvery: wsd.send_buffer.depth records one queued message in
+// this many per connection, see session.MessageQueued.
 const depthSampleEvery = 8
 
 // Histogram buckets. Message sizes and send-buffer levels span bytes to
@@ -146,8 +151,8 @@ func newInstruments(m metric.Meter) (*instruments, error) {
 		errs = append(errs, err)
 		return h
 	}
-	in.messageSize = hist("wsd.message.size", "Payload size of data messages received.")
-	in.bufferDepth = hist("wsd.send_buffer.depth", "A connection's send buffer (bytes waiting, this message included) when a message is written; sampled, one write in 8.")
+	in.messageSize = hist("wsd.message.size", "Payload size of data messages received; sampled, one message in 8.")
+	in.bufferDepth = hist("wsd.send_buffer.depth", "A connection's send buffer (bytes waiting, this message included) when a message is queued; sampled, one message in 8 per connection.")
 	var err error
 	in.sessionDuration, err = m.Float64Histogram("wsd.session.duration", metric.WithUnit("s"),
 		metric.WithDescription("Time from upgrade to close, by endpoint and initiator."),

@@ -28,9 +28,13 @@ func TestEchoMetrics(t *testing.T) {
 	f := start(t, fixtureOpts{})
 	payload := make([]byte, 100)
 	var conns []*wstest.Conn
+	// One more than the depth sampling period per connection: one
+	// sampled send-buffer depth each.
+	const perConn = depthSampleEvery + 1
+	const total = 3 * perConn
 	for range 3 {
 		c := wstest.MustDialRaw(t, f.wsURL("/ws/echo"))
-		for range 5 {
+		for range perConn {
 			if err := c.Echo(payload); err != nil {
 				t.Fatal(err)
 			}
@@ -63,22 +67,23 @@ func TestEchoMetrics(t *testing.T) {
 	}{
 		{"wsd.connections.opened", 3, []attribute.KeyValue{echo}},
 		{"wsd.connections.active", 0, []attribute.KeyValue{echo}},
-		{"wsd.messages.received", 15, []attribute.KeyValue{echo}},
-		{"wsd.messages.sent", 15, []attribute.KeyValue{echo}},
-		{"wsd.payload.received", 1500, []attribute.KeyValue{echo}},
-		{"wsd.payload.sent", 1500, []attribute.KeyValue{echo}},
+		{"wsd.messages.received", total, []attribute.KeyValue{echo}},
+		{"wsd.messages.sent", total, []attribute.KeyValue{echo}},
+		{"wsd.payload.received", total * 100, []attribute.KeyValue{echo}},
+		{"wsd.payload.sent", total * 100, []attribute.KeyValue{echo}},
 		{"wsd.send_buffer.usage", 0, nil},
 	} {
 		if got, ok := intValue(rm, c.name, c.kv...); !ok || got != c.want {
 			t.Errorf("%s%v = %d (present %v), want %d", c.name, c.kv, got, ok, c.want)
 		}
 	}
-	if n, sum := histCount[int64](rm, "wsd.message.size", echo); n != 15 || sum != 1500 {
-		t.Errorf("wsd.message.size: %d recordings summing %d, want 15 and 1500", n, sum)
+	// Sampled one received message in sizeSampleEvery per endpoint.
+	if n, sum := histCount[int64](rm, "wsd.message.size", echo); n != total/sizeSampleEvery || sum != int64(n)*100 {
+		t.Errorf("wsd.message.size: %d recordings summing %d, want %d, each 100", n, sum, total/sizeSampleEvery)
 	}
-	// Sampled one write in depthSampleEvery: 15 writes give 1 recording.
-	if n, sum := histCount[int64](rm, "wsd.send_buffer.depth", echo); n != 15/depthSampleEvery || sum < int64(n)*100 {
-		t.Errorf("wsd.send_buffer.depth: %d recordings summing %d, want %d, each ≥ its message", n, sum, 15/depthSampleEvery)
+	// Sampled one queued message in depthSampleEvery per connection.
+	if n, sum := histCount[int64](rm, "wsd.send_buffer.depth", echo); n != 3 || sum < int64(n)*100 {
+		t.Errorf("wsd.send_buffer.depth: %d recordings summing %d, want 3, each ≥ its message", n, sum)
 	}
 	if n, _ := histCount[float64](rm, "wsd.session.duration", echo, keyInitiator.String("client")); n != 3 {
 		t.Errorf("wsd.session.duration{echo,client}: %d recordings, want 3", n)
