@@ -94,7 +94,7 @@ func suiteParams(smoke bool, maxIdle int) params {
 		}
 	}
 	return params{
-		Rounds:           5,
+		Rounds:           7,
 		Closed:           echoConfig{conns: 1000, inflight: 8, size: 1024, warmup: 1500 * time.Millisecond, window: 5 * time.Second},
 		OpenConns:        100,
 		OpenRateFraction: 0.5,
@@ -106,10 +106,10 @@ func suiteParams(smoke bool, maxIdle int) params {
 		// answering pings (the write, the pong read) is part of what an
 		// idle wsd connection costs. Reading RSS before that would
 		// measure connections that have not yet paid it.
-		IdleHold: service.DefaultPingInterval + 2*time.Second,
-		Fanout:           fanoutConfig{subs: 10000, rate: 4, size: 1024, warmup: 2 * time.Second, window: 10 * time.Second, every: 500 * time.Millisecond},
-		Isolation:        fanoutConfig{subs: 500, slow: 50, rate: 100, size: 8192, warmup: 2 * time.Second, window: 15 * time.Second, every: 500 * time.Millisecond},
-		ScrapeEvery:      5 * time.Second,
+		IdleHold:    service.DefaultPingInterval + 2*time.Second,
+		Fanout:      fanoutConfig{subs: 10000, rate: 4, size: 1024, warmup: 2 * time.Second, window: 10 * time.Second, every: 500 * time.Millisecond},
+		Isolation:   fanoutConfig{subs: 500, slow: 50, rate: 100, size: 8192, warmup: 2 * time.Second, window: 15 * time.Second, every: 500 * time.Millisecond},
+		ScrapeEvery: 5 * time.Second,
 	}
 }
 
@@ -476,7 +476,7 @@ func (p params) record() Params {
 		Rounds: p.Rounds, ClosedConns: p.Closed.conns, ClosedInFlight: p.Closed.inflight, PayloadSize: p.Closed.size,
 		ClosedWarmupS: p.Closed.warmup.Seconds(), ClosedWindowS: p.Closed.window.Seconds(),
 		OpenConns: p.OpenConns, OpenRateFraction: p.OpenRateFraction, OpenWindowS: p.OpenWindow.Seconds(),
-		IdleSteps:  p.IdleSteps, IdleHoldS: p.IdleHold.Seconds(),
+		IdleSteps: p.IdleSteps, IdleHoldS: p.IdleHold.Seconds(),
 		FanoutSubs: p.Fanout.subs, FanoutRate: p.Fanout.rate, FanoutPayload: p.Fanout.size, FanoutWindowS: p.Fanout.window.Seconds(),
 		IsolationSubs: p.Isolation.subs, IsolationSlow: p.Isolation.slow, IsolationRate: p.Isolation.rate,
 		IsolationPayload: p.Isolation.size, IsolationWindowS: p.Isolation.window.Seconds(),
