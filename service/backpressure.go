@@ -50,14 +50,17 @@ type sendBuffer struct {
 
 	mu       sync.Mutex
 	bytes    int64
-	control  int           // control frames queued, not yet written
-	progress int64         // clock at the last completed write, or when writes became pending
-	warned   bool          // a warn episode is under way
-	paused   bool          // reading is paused
-	dropping bool          // drop policy: discarding until drained
-	closed   bool          // session ended: totals no longer include us
-	since    time.Time     // when the pause began
-	resume   chan struct{} // closed when the pause ends
+	control  int   // control frames queued, not yet written
+	progress int64 // clock at the last completed write, or when writes became pending
+	warned   bool  // a warn episode is under way
+	paused   bool  // reading is paused
+	// pausedHint mirrors paused for the read loop's per-message check,
+	// which then takes no lock while the connection is not paused.
+	pausedHint atomic.Bool
+	dropping   bool          // drop policy: discarding until drained
+	closed     bool          // session ended: totals no longer include us
+	since      time.Time     // when the pause began
+	resume     chan struct{} // closed when the pause ends
 }
 
 func newSendBuffer(cfg *BackpressureConfig, totals *loadCounters, clock *atomic.Int64) *sendBuffer {
@@ -105,6 +108,7 @@ func (b *sendBuffer) addLocked(n int64) transition {
 	}
 	if !b.paused && b.bytes >= b.cfg.PauseBytes {
 		b.paused = true
+		b.pausedHint.Store(true)
 		b.since = time.Now()
 		b.resume = make(chan struct{})
 		if !b.closed {
@@ -144,6 +148,7 @@ func (b *sendBuffer) done(n int64) (transition, int64) {
 
 func (b *sendBuffer) endPauseLocked() {
 	b.paused = false
+	b.pausedHint.Store(false)
 	close(b.resume)
 	b.resume = nil
 	if !b.closed {
@@ -201,6 +206,9 @@ func (b *sendBuffer) stalled(now int64) bool {
 // pauseState returns the channel closed when the current pause ends and
 // when the pause began; a nil channel means the connection is not paused.
 func (b *sendBuffer) pauseState() (<-chan struct{}, time.Time) {
+	if !b.pausedHint.Load() {
+		return nil, time.Time{}
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if !b.paused {

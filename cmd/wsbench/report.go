@@ -64,6 +64,10 @@ func ratios(r *Results) []Ratio {
 		ratio(fw.Latency.P50, fb.Latency.P50), "", nil, us(fb.Latency.P50), us(fw.Latency.P50))
 	add(fmt.Sprintf("4. fan-out p99 delivery latency, %d subscribers, %.0f msgs/s", fb.Subscribers, fb.Rate),
 		ratio(fw.Latency.P99, fb.Latency.P99), "", nil, us(fb.Latency.P99), us(fw.Latency.P99))
+	perDelivery := func(f FanoutResult) float64 { return ratio(f.ServerCPUSeconds*1e6, float64(f.Delivered)) }
+	add("4. fan-out server CPU per delivered message", ratio(perDelivery(fw), perDelivery(fb)), "", nil,
+		fmt.Sprintf("%.2f µs (%.2f s for %d)", perDelivery(fb), fb.ServerCPUSeconds, fb.Delivered),
+		fmt.Sprintf("%.2f µs (%.2f s for %d)", perDelivery(fw), fw.ServerCPUSeconds, fw.Delivered))
 
 	for _, name := range []string{nameWSD, nameBaseline} {
 		none, slow := r.Isolation[name], r.Isolation[name+"+slow"]
