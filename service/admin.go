@@ -38,12 +38,14 @@ type Stats struct {
 	Draining bool `json:"draining"`
 	// Totals since start: fan-out messages dropped (slow_consumer:
 	// drop), slow consumers evicted with 1013, heartbeat timeouts,
+	// connections closed by the write watchdog (write_timeout),
 	// public connections answered 503 at accept (handshake cap or
 	// descriptor hard level), and connections closed at accept while
 	// shedding under EMFILE/ENFILE (both listeners).
 	DroppedTotal           int64 `json:"dropped_total"`
 	EvictedTotal           int64 `json:"evicted_total"`
 	HeartbeatTimeoutsTotal int64 `json:"heartbeat_timeouts_total"`
+	WriteTimeoutsTotal     int64 `json:"write_timeouts_total"`
 	RefusedAtAcceptTotal   int64 `json:"refused_at_accept_total"`
 	ShedTotal              int64 `json:"shed_total"`
 }
@@ -85,6 +87,7 @@ func (s *Server) Stats() Stats {
 		DroppedTotal:           s.counters.dropped.Load(),
 		EvictedTotal:           s.counters.evicted.Load(),
 		HeartbeatTimeoutsTotal: s.counters.heartbeatTimeouts.Load(),
+		WriteTimeoutsTotal:     s.counters.writeTimeouts.Load(),
 	}
 	if s.publicLn != nil {
 		st.Handshakes = s.publicLn.handshakes.Load()

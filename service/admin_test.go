@@ -47,7 +47,7 @@ func TestAdminHealthAndReadiness(t *testing.T) {
 var statsKeys = []string{
 	"buffered_bytes", "connections", "draining", "dropped_total", "echo_connections", "evicted_total",
 	"fd_limit", "goroutines", "handshakes", "heartbeat_timeouts_total", "ip_entries", "open_fds", "paused",
-	"refused_at_accept_total", "shed_total", "subscribers", "topic_connections", "topics",
+	"refused_at_accept_total", "shed_total", "subscribers", "topic_connections", "topics", "write_timeouts_total",
 }
 
 // TestAdminStatsExact: /debug/stats has exactly the documented fields,

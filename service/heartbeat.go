@@ -111,6 +111,7 @@ func (srv *Server) heartbeat(s *session) {
 	}
 	now := srv.now()
 	if s.buf.stalled(now) {
+		srv.counters.writeTimeouts.Add(1)
 		srv.log.LogAttrs(s.ctx, slog.LevelInfo, "write timeout: peer not reading", slog.Uint64("conn_id", s.id),
 			slog.Int64("buffered_bytes", s.buf.buffered()))
 		s.abort(reasonWriteTimeout, errWriteStalled)

@@ -265,8 +265,8 @@ func TestWriteTimeoutDespitePings(t *testing.T) {
 	if snap.heartbeat != 0 {
 		t.Fatalf("%d heartbeat timeouts: the close must come from the write timeout", snap.heartbeat)
 	}
-	if st := ts.Stats(); st.Subscribers != 1 || st.Connections != 1 {
-		t.Fatalf("after the write timeout: %+v, want the publisher alone", st)
+	if st := ts.Stats(); st.Subscribers != 1 || st.Connections != 1 || st.WriteTimeoutsTotal != 1 {
+		t.Fatalf("after the write timeout: %+v, want the publisher alone and write_timeouts_total 1", st)
 	}
 }
 

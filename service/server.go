@@ -35,8 +35,9 @@ type Server struct {
 	sessions *registry
 	load     loadCounters
 	counters struct {
-		echo, topic                         atomic.Int64
-		dropped, evicted, heartbeatTimeouts atomic.Int64
+		echo, topic                      atomic.Int64
+		dropped, evicted                 atomic.Int64
+		heartbeatTimeouts, writeTimeouts atomic.Int64
 	}
 	clock    atomic.Int64 // coarse time, advanced by housekeeping
 	nextID   atomic.Uint64

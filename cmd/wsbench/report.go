@@ -80,7 +80,7 @@ func ratios(r *Results) []Ratio {
 	add("5. server RSS growth during the slow-subscriber run, wsd / baseline",
 		ratio(float64(ws.ServerRSSEnd-ws.ServerRSSStart), float64(bs.ServerRSSEnd-bs.ServerRSSStart)), "", nil,
 		fmt.Sprintf("%+.0f MiB", float64(bs.ServerRSSEnd-bs.ServerRSSStart)/mib),
-		fmt.Sprintf("%+.0f MiB (%d slow consumers evicted)", float64(ws.ServerRSSEnd-ws.ServerRSSStart)/mib, r.WSDEvicted))
+		fmt.Sprintf("%+.0f MiB (slow consumers closed: %d evicted with 1013, %d by write_timeout)", float64(ws.ServerRSSEnd-ws.ServerRSSStart)/mib, r.WSDEvicted, r.WSDWriteTimeouts))
 
 	cn, on := r.ClosedLoop[nameNoTel], r.OpenLoop[nameNoTel]
 	add("6. telemetry on / off: closed-loop throughput", pairedRatio(r.ClosedLoopRounds, nameWSD, nameNoTel, thr, cw, cn), "", nil,
@@ -232,7 +232,7 @@ func markdown(r *Results) string {
 	for _, name := range sortedKeys(r.Isolation) {
 		fan("isolation "+name, r.Isolation[name])
 	}
-	fmt.Fprintf(&b, "\nwsd evicted %d slow consumers (close 1013) during the isolation runs; the baseline has no such protection.\n", r.WSDEvicted)
+	fmt.Fprintf(&b, "\nDuring the isolation runs wsd closed %d slow consumers: %d evicted at max_bytes (close 1013), %d by the write watchdog (write_timeout, no progress); the baseline has no such protection.\n", r.WSDEvicted+r.WSDWriteTimeouts, r.WSDEvicted, r.WSDWriteTimeouts)
 
 	b.WriteString("\n## Configuration\n\nwsd: `" + strings.Join(r.WSDArgs, " ") + "` — every protection on (heartbeat, backpressure, message shaping, descriptor guard, admission); the caps are sized for the load. Baseline: `bench/baseline`, gws with default options.\n")
 	fmt.Fprintf(&b, "\nParams: `%+v`.\n", r.Params)

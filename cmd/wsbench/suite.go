@@ -149,8 +149,12 @@ type Results struct {
 	// Isolation is keyed "baseline", "baseline+slow", "wsd", "wsd+slow".
 	Isolation  map[string]FanoutResult `json:"isolation"`
 	WSDEvicted int64                   `json:"wsd_slow_consumers_evicted"`
-	Ratios     []Ratio                 `json:"ratios"`
-	Notes      []string                `json:"notes"`
+	// WSDWriteTimeouts counts the isolation runs' slow subscribers that
+	// wsd's write watchdog closed (write_timeout) before they reached
+	// max_bytes.
+	WSDWriteTimeouts int64    `json:"wsd_write_timeouts"`
+	Ratios           []Ratio  `json:"ratios"`
+	Notes            []string `json:"notes"`
 }
 
 // Ratio is one headline figure: wsd over the baseline (or telemetry on
@@ -404,7 +408,8 @@ func runSuite(ctx context.Context, sc suiteConfig, logf func(string, ...any)) (*
 				return nil
 			}
 			var st struct {
-				Evicted int64 `json:"evicted_total"`
+				Evicted       int64 `json:"evicted_total"`
+				WriteTimeouts int64 `json:"write_timeouts_total"`
 			}
 			b, err := rs.adminGet(ctx, "/debug/stats")
 			if err == nil {
@@ -413,7 +418,7 @@ func runSuite(ctx context.Context, sc suiteConfig, logf func(string, ...any)) (*
 			if err != nil {
 				return fmt.Errorf("wsd stats: %w", err)
 			}
-			res.WSDEvicted = st.Evicted
+			res.WSDEvicted, res.WSDWriteTimeouts = st.Evicted, st.WriteTimeouts
 			return nil
 		})
 		if err != nil {
