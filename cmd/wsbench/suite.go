@@ -148,8 +148,8 @@ type Results struct {
 	// once, each at a third of the open-loop rate, so that every server
 	// of a round runs on the same machine state (see runSuite).
 	SameTimeRounds map[string][]EchoResult `json:"same_time_rounds"`
-	Idle             map[string]IdleResult   `json:"idle"`
-	Fanout           map[string]FanoutResult `json:"fanout"`
+	Idle           map[string]IdleResult   `json:"idle"`
+	Fanout         map[string]FanoutResult `json:"fanout"`
 	// Isolation is keyed "baseline", "baseline+slow", "wsd", "wsd+slow".
 	Isolation  map[string]FanoutResult `json:"isolation"`
 	WSDEvicted int64                   `json:"wsd_slow_consumers_evicted"`
