@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"maps"
@@ -202,29 +203,36 @@ func TestTaskfile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	task := func(args ...string) string {
+	// task runs go-task and returns its standard output and both
+	// streams together (it logs --dry commands to standard error). On a
+	// fresh machine the first `go tool task` also prints the go
+	// command's "downloading" lines, on standard error.
+	task := func(args ...string) (stdout, all string) {
 		t.Helper()
 		cmd := exec.CommandContext(ctx, "go", append([]string{"tool", "task"}, args...)...)
 		cmd.Dir = root
 		// Task colours its output when CI is set; the test reads plain text.
 		cmd.Env = append(os.Environ(), "NO_COLOR=1")
-		out, err := cmd.CombinedOutput()
+		var out, errOut bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errOut
+		err := cmd.Run()
+		all = out.String() + errOut.String()
 		if err != nil {
-			t.Fatalf("go tool task %s: %v\n%s", strings.Join(args, " "), err, out)
+			t.Fatalf("go tool task %s: %v\n%s", strings.Join(args, " "), err, all)
 		}
-		return string(out)
+		return out.String(), all
 	}
 	var list struct {
 		Tasks []struct{ Name, Desc string }
 	}
-	if err := json.Unmarshal([]byte(task("--list", "--json")), &list); err != nil {
-		t.Fatalf("task --list --json: %v", err)
+	if out, all := task("--list", "--json"); json.Unmarshal([]byte(out), &list) != nil {
+		t.Fatalf("task --list --json: not JSON:\n%s", all)
 	}
 	desc := map[string]string{}
 	for _, tk := range list.Tasks {
 		desc[tk.Name] = tk.Desc
 	}
-	listed := task() // the default task
+	_, listed := task() // the default task
 	for _, name := range []string{"run", "build", "test", "e2e", "bench", "up", "down", "demo", "lint"} {
 		if desc[name] == "" {
 			t.Errorf("task %s missing or without a description (tasks %v)", name, slices.Sorted(maps.Keys(desc)))
@@ -234,13 +242,13 @@ func TestTaskfile(t *testing.T) {
 		}
 	}
 
-	offline := task("--dry", "up", "OFFLINE=1")
+	_, offline := task("--dry", "up", "OFFLINE=1")
 	for _, want := range []string{"WSD_TARGET=prebuilt ", "JAEGER_IMAGE=" + jaeger.ImageTag + " ", "go run ./chaos/jaeger/cmd/jaegerimage", "up --build --detach"} {
 		if !strings.Contains(offline, want) {
 			t.Errorf("go tool task --dry up OFFLINE=1 lacks %q:\n%s", want, offline)
 		}
 	}
-	if online := task("--dry", "up"); strings.Contains(online, "WSD_TARGET=") || strings.Contains(online, "jaegerimage") {
+	if _, online := task("--dry", "up"); strings.Contains(online, "WSD_TARGET=") || strings.Contains(online, "jaegerimage") {
 		t.Errorf("go tool task --dry up (online) uses the offline images:\n%s", online)
 	}
 }
