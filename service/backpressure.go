@@ -54,9 +54,10 @@ type sendBuffer struct {
 	progress int64 // clock at the last completed write, or when writes became pending
 	warned   bool  // a warn episode is under way
 	paused   bool  // reading is paused
-	// pausedHint mirrors paused for the read loop's per-message check,
-	// which then takes no lock while the connection is not paused.
-	pausedHint atomic.Bool
+	// pausedFlag mirrors paused (written under mu) for isPaused: the
+	// read loop checks it per message and the sweep per connection,
+	// neither taking the lock.
+	pausedFlag atomic.Bool
 	dropping   bool          // drop policy: discarding until drained
 	closed     bool          // session ended: totals no longer include us
 	since      time.Time     // when the pause began
@@ -108,7 +109,7 @@ func (b *sendBuffer) addLocked(n int64) transition {
 	}
 	if !b.paused && b.bytes >= b.cfg.PauseBytes {
 		b.paused = true
-		b.pausedHint.Store(true)
+		b.pausedFlag.Store(true)
 		b.since = time.Now()
 		b.resume = make(chan struct{})
 		if !b.closed {
@@ -148,7 +149,7 @@ func (b *sendBuffer) done(n int64) (transition, int64) {
 
 func (b *sendBuffer) endPauseLocked() {
 	b.paused = false
-	b.pausedHint.Store(false)
+	b.pausedFlag.Store(false)
 	close(b.resume)
 	b.resume = nil
 	if !b.closed {
@@ -206,7 +207,7 @@ func (b *sendBuffer) stalled(now int64) bool {
 // pauseState returns the channel closed when the current pause ends and
 // when the pause began; a nil channel means the connection is not paused.
 func (b *sendBuffer) pauseState() (<-chan struct{}, time.Time) {
-	if !b.pausedHint.Load() {
+	if !b.isPaused() {
 		return nil, time.Time{}
 	}
 	b.mu.Lock()
@@ -217,12 +218,8 @@ func (b *sendBuffer) pauseState() (<-chan struct{}, time.Time) {
 	return b.resume, b.since
 }
 
-// isPaused reports whether reading is paused.
-func (b *sendBuffer) isPaused() bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.paused
-}
+// isPaused reports whether reading is paused, without taking the lock.
+func (b *sendBuffer) isPaused() bool { return b.pausedFlag.Load() }
 
 // buffered returns the current unsent bytes.
 func (b *sendBuffer) buffered() int64 {

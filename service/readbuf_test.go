@@ -50,6 +50,9 @@ func TestFrameReaderStream(t *testing.T) {
 	}{
 		{"no early bytes", ""},
 		{"early bytes", "early frame bytes"},
+		// More than a pooled buffer holds (net/http's reader is 4 KiB
+		// today, so only a larger upgrade reader can hand over this much).
+		{"early bytes beyond a pooled buffer", strings.Repeat("early ", frameReadBuffer/4)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			srv, cli := tcpPair(t)
@@ -69,7 +72,7 @@ func TestFrameReaderStream(t *testing.T) {
 				}
 				_ = cli.CloseWrite()
 			}()
-			hr := bufio.NewReader(io.MultiReader(strings.NewReader(tc.early), bytes.NewReader(nil)))
+			hr := bufio.NewReaderSize(io.MultiReader(strings.NewReader(tc.early), bytes.NewReader(nil)), 2*frameReadBuffer)
 			if tc.early != "" {
 				if _, err := hr.Peek(len(tc.early)); err != nil {
 					t.Fatal(err)
