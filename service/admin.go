@@ -48,6 +48,12 @@ type Stats struct {
 	WriteTimeoutsTotal     int64 `json:"write_timeouts_total"`
 	RefusedAtAcceptTotal   int64 `json:"refused_at_accept_total"`
 	ShedTotal              int64 `json:"shed_total"`
+	// FrameTimeoutsTotal counts peers closed with 1008 for not finishing
+	// a message within limits.frame_timeout; PanicsTotal counts panics
+	// recovered on a connection's goroutines (each closed that one
+	// connection, the server kept serving).
+	FrameTimeoutsTotal int64 `json:"frame_timeouts_total"`
+	PanicsTotal        int64 `json:"panics_total"`
 }
 
 // Load is the cheap subset of Stats (atomic loads only) that gauges read;
@@ -55,6 +61,8 @@ type Stats struct {
 // value is no load.
 type Load struct {
 	EchoConnections, TopicConnections, Paused, BufferedBytes int64
+	// Panics is PanicsTotal.
+	Panics int64
 }
 
 // Load returns the current load; safe to call often.
@@ -64,6 +72,7 @@ func (s *Server) Load() Load {
 		TopicConnections: s.counters.topic.Load(),
 		Paused:           s.load.paused.Load(),
 		BufferedBytes:    s.load.buffered.Load(),
+		Panics:           s.counters.panics.Load(),
 	}
 }
 
@@ -88,6 +97,8 @@ func (s *Server) Stats() Stats {
 		EvictedTotal:           s.counters.evicted.Load(),
 		HeartbeatTimeoutsTotal: s.counters.heartbeatTimeouts.Load(),
 		WriteTimeoutsTotal:     s.counters.writeTimeouts.Load(),
+		FrameTimeoutsTotal:     s.counters.frameTimeouts.Load(),
+		PanicsTotal:            l.Panics,
 	}
 	if s.publicLn != nil {
 		st.Handshakes = s.publicLn.handshakes.Load()

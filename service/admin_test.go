@@ -46,8 +46,8 @@ func TestAdminHealthAndReadiness(t *testing.T) {
 // statsKeys is the documented /debug/stats document (README table).
 var statsKeys = []string{
 	"buffered_bytes", "connections", "draining", "dropped_total", "echo_connections", "evicted_total",
-	"fd_limit", "goroutines", "handshakes", "heartbeat_timeouts_total", "ip_entries", "open_fds", "paused",
-	"refused_at_accept_total", "shed_total", "subscribers", "topic_connections", "topics", "write_timeouts_total",
+	"fd_limit", "frame_timeouts_total", "goroutines", "handshakes", "heartbeat_timeouts_total", "ip_entries",
+	"open_fds", "panics_total", "paused", "refused_at_accept_total", "shed_total", "subscribers", "topic_connections", "topics", "write_timeouts_total",
 }
 
 // TestAdminStatsExact: /debug/stats has exactly the documented fields,

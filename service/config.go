@@ -21,6 +21,8 @@ var (
 	DefaultFDHeadroom          = 0.10
 	DefaultMaxMessageBytes     = 64 << 10
 	DefaultHandshakeTimeout    = 5 * time.Second
+	DefaultFrameTimeout        = 10 * time.Second
+	DefaultMaxPartialBytes     = int64(64 << 20)
 	DefaultMessageRate         = 1000.0
 	DefaultMessageBurst        = 2000
 	DefaultWarnBytes           = int64(256 << 10)
@@ -91,6 +93,19 @@ type LimitsConfig struct {
 	// HandshakeTimeout bounds reading the upgrade request headers.
 	// Stops slowloris clients that trickle headers.
 	HandshakeTimeout time.Duration `koanf:"handshake_timeout"`
+	// FrameTimeout bounds the time from a data message's first header
+	// byte to its last payload byte (all fragments); a peer slower than
+	// that is closed with 1008 "frame timeout". Time the server spends
+	// not reading (pause, shaping) does not count. Stops peers that send
+	// a header for a large frame and stall, pinning its buffer.
+	FrameTimeout time.Duration `koanf:"frame_timeout"`
+	// MaxPartialBytes is the process-wide budget for data messages being
+	// received: the declared sizes of messages over 4 KiB whose last
+	// byte has not arrived. A connection whose message does not fit
+	// waits, not reading, until the budget frees or FrameTimeout closes
+	// it. Stops thousands of peers from each pinning max_message_bytes
+	// with a stalled frame. Must be >= max_message_bytes.
+	MaxPartialBytes int64 `koanf:"max_partial_bytes"`
 	// AllowedOrigins, when non-empty, lists the accepted Origin values
 	// (scheme://host[:port], or "*"); others get 403. Stops cross-site
 	// WebSocket hijacking from browsers.
@@ -173,6 +188,8 @@ func DefaultConfig() Config {
 			FDHeadroom:          DefaultFDHeadroom,
 			MaxMessageBytes:     DefaultMaxMessageBytes,
 			HandshakeTimeout:    DefaultHandshakeTimeout,
+			FrameTimeout:        DefaultFrameTimeout,
+			MaxPartialBytes:     DefaultMaxPartialBytes,
 			AllowedOrigins:      []string{},
 			MessageRate:         DefaultMessageRate,
 			MessageBurst:        DefaultMessageBurst,
@@ -237,6 +254,10 @@ func (c Config) Validate() error {
 	}
 	positiveInt("limits.max_message_bytes", l.MaxMessageBytes)
 	positiveDur("limits.handshake_timeout", l.HandshakeTimeout)
+	positiveDur("limits.frame_timeout", l.FrameTimeout)
+	if l.MaxPartialBytes < int64(l.MaxMessageBytes) {
+		bad("limits.max_partial_bytes", "must be >= limits.max_message_bytes (%d), got %d", l.MaxMessageBytes, l.MaxPartialBytes)
+	}
 	for _, o := range l.AllowedOrigins {
 		if o == "*" {
 			continue

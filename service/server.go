@@ -5,6 +5,7 @@
 package service
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -38,11 +39,16 @@ type Server struct {
 		echo, topic                      atomic.Int64
 		dropped, evicted                 atomic.Int64
 		heartbeatTimeouts, writeTimeouts atomic.Int64
+		frameTimeouts, panics            atomic.Int64
 	}
 	clock    atomic.Int64 // coarse time, advanced by housekeeping
 	nextID   atomic.Uint64
 	wg       sync.WaitGroup // one per live session
+	partial  *partialBudget
 	testHook func(*session, *gws.Message)
+	// testReadHook runs on every read of the frame guard (tests inject
+	// panics into the read path with it).
+	testReadHook func(*session)
 
 	ready     chan struct{}
 	publicLn  *guardedListener
@@ -91,13 +97,17 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 	s.fd = newFDGuard(cfg.Limits.FDHeadroom)
 	s.adm = newAdmission(&s.cfg.Limits, s.fd)
 	s.sessions = newRegistry()
+	s.partial = newPartialBudget(cfg.Limits.MaxPartialBytes)
 	s.clock.Store(time.Now().UnixNano())
 	s.upgrader = gws.NewUpgrader(handler{srv: s}, &gws.ServerOption{
 		ReadMaxPayloadSize:  cfg.Limits.MaxMessageBytes,
 		WriteMaxPayloadSize: cfg.Limits.MaxMessageBytes,
-		CheckUtf8Enabled:    true,
-		HandshakeTimeout:    cfg.Limits.HandshakeTimeout,
-		Logger:              gwsLogger{s.log},
+		// The frame guard validates UTF-8 as text arrives (and fails
+		// fast); gws checking again on read and on every echo write
+		// would only cost CPU.
+		CheckUtf8Enabled: false,
+		HandshakeTimeout: cfg.Limits.HandshakeTimeout,
+		Logger:           gwsLogger{s.log},
 		// Each connection gets its own storage slot, set before ReadLoop.
 		NewSession: func() gws.SessionStorage { return &sessionSlot{} },
 	})
@@ -297,6 +307,21 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, ep Endpoint, to
 		s.reject(w, r, rej)
 		return
 	}
+	var nc net.Conn
+	var sess *session
+	defer s.recoverUpgrade(w, r, func() (hijacked bool) {
+		switch {
+		case sess != nil && sess.registered:
+			sess.abort(reasonInternalError, nil)
+			sess.finish(errors.New("panic during upgrade"))
+		case nc != nil:
+			_ = nc.Close()
+			s.adm.release(ip)
+		default:
+			s.adm.release(ip)
+		}
+		return nc != nil
+	})
 	nc, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		s.adm.release(ip)
@@ -305,17 +330,19 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, ep Endpoint, to
 	}
 	_ = nc.SetDeadline(time.Time{}) // net/http's header deadline no longer applies
 	gc := &gwsConn{Conn: nc}
-	conn, err := s.upgrader.UpgradeFromConn(gc, frameReader(nc, brw.Reader), r)
+	guard := newFrameGuard(newBorrowingReader(nc, brw.Reader), s.cfg.Limits.MaxMessageBytes)
+	conn, err := s.upgrader.UpgradeFromConn(gc, bufio.NewReaderSize(guard, frameHeadBuffer), r)
 	if err != nil {
 		s.adm.release(ip) // gws answered 400 and closed the socket
 		s.obs.UpgradeRejected(r.Context(), r, RejectBadRequest)
 		return
 	}
-	sess := &session{
+	sess = &session{
 		srv: s, id: s.nextID.Add(1), endpoint: ep, topic: topic, remote: remote,
 		conn: conn, nc: nc, gc: gc, opened: time.Now(), dying: make(chan struct{}),
-		buf: newSendBuffer(&s.cfg.Backpressure, &s.load, &s.clock),
+		buf: newSendBuffer(&s.cfg.Backpressure, &s.load, &s.clock), guard: guard,
 	}
+	guard.sess = sess
 	if lim := s.cfg.Limits; lim.MessageRate > 0 {
 		sess.limiter = rate.NewLimiter(rate.Limit(lim.MessageRate), lim.MessageBurst)
 	}
@@ -341,10 +368,11 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, ep Endpoint, to
 	}
 	s.log.LogAttrs(sess.ctx, slog.LevelDebug, "connection opened", slog.Uint64("conn_id", sess.id),
 		slog.String("remote", r.RemoteAddr), slog.String("endpoint", string(ep)))
-	go conn.ReadLoop()
+	go sess.readLoop()
 }
 
 func (s *Server) register(sess *session) {
+	sess.registered = true
 	s.wg.Add(1)
 	s.sessions.add(sess)
 	s.endpointCounter(sess.endpoint).Add(1)
