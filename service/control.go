@@ -41,6 +41,9 @@ func (q *pongQueue) ping(s *session, payload []byte) {
 		return
 	}
 	q.queued++
+	// This ping is newer than the one kept, and gets its own pong: the
+	// kept one would come after it, an older payload after a newer.
+	q.latest, q.hasLatest = nil, false
 	q.mu.Unlock()
 	s.queueControl(func() error {
 		err := s.conn.WritePong(payload)

@@ -87,6 +87,7 @@ func (h handler) OnMessage(c *gws.Conn, m *gws.Message) {
 	s := sessionOf(c)
 	defer func() {
 		if v := recover(); v != nil {
+			s.srv.counters.panics.Add(1)
 			s.srv.log.LogAttrs(s.ctx, slog.LevelError, "panic while handling a message; closing with 1011",
 				slog.Uint64("conn_id", s.id), slog.Any("panic", v))
 			s.closeWith(CloseInternalError, reasonInternalError, fmt.Errorf("panic: %v", v), closeLinger)
