@@ -43,8 +43,9 @@ type Stats struct {
 	// drop), slow consumers evicted with 1013, heartbeat timeouts,
 	// connections closed by the write watchdog (write_timeout),
 	// connections answered 503 at accept (public: handshake cap or
-	// descriptor hard level; admin: admin.max_connections), and connections closed at accept while
-	// shedding under EMFILE/ENFILE (both listeners).
+	// descriptor hard level; admin: admin.max_connections), and
+	// connections closed at accept while shedding under EMFILE/ENFILE
+	// (both listeners).
 	DroppedTotal           int64 `json:"dropped_total"`
 	EvictedTotal           int64 `json:"evicted_total"`
 	HeartbeatTimeoutsTotal int64 `json:"heartbeat_timeouts_total"`

@@ -248,10 +248,11 @@ func (s *Server) stopPublic(ctx context.Context) {
 }
 
 // publicHandler routes the WebSocket endpoints. It routes by hand rather
-// than with a ServeMux: a mux answers a path with . or .. segments (also
-// percent-encoded, /ws/topics/%2e%2e) with a 301 to the cleaned path,
-// which a WebSocket client cannot follow and which hides the real
-// error; here every request is an upgrade, a 400 or a 404.
+// than with a ServeMux: a mux answers a path with . or .. segments with
+// a redirect to the cleaned path (a 307 that a WebSocket client cannot
+// follow, hiding the real error), yet passes /ws/topics/%2e%2e to the
+// handler decoded as "..". Here every request is an upgrade, a 400 or a
+// 404.
 func (s *Server) publicHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p := r.URL.Path
