@@ -16,7 +16,7 @@ func TestProtocolAbuse(t *testing.T) {
 	const maxMsg = 4096
 	const handshake = 2 * time.Second
 	s := startStack(t, "protocol-abuse",
-		"Invalid close codes, 1-byte and non-UTF-8 close payloads, invalid UTF-8 text, an oversized message, framing violations, malformed upgrades, a forbidden Origin and slowloris upgrade requests.",
+		"Invalid close codes, 1-byte and non-UTF-8 close payloads, invalid UTF-8 text, an oversized message, framing violations, malformed upgrades, hostile handshakes (bad or repeated key/version, HTTP/1.0, request bodies that are frames, dot topics), a forbidden Origin and slowloris upgrade requests.",
 		stackOpts{conns: 64, config: map[string]string{
 			"limits.max_message_bytes": "4096",
 			"limits.handshake_timeout": handshake.String(),

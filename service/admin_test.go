@@ -28,7 +28,7 @@ func TestAdminHealthAndReadiness(t *testing.T) {
 		{"GET", "/readyz", 200, "ready\n"},
 		{"POST", "/healthz", 405, ""},
 		{"GET", "/nope", 404, ""},
-		{"GET", "/debug/pprof/", 200, ""},
+		{"GET", "/debug/pprof/", 404, ""}, // admin.pprof is off by default
 	} {
 		req, _ := http.NewRequest(tt.method, ts.adminURL(tt.path), nil)
 		resp, err := adminClient.Do(req)

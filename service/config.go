@@ -12,7 +12,9 @@ import (
 // shrink them; change them only before calling DefaultConfig.
 var (
 	DefaultListen              = ":8080"
-	DefaultAdminListen         = ":9090"
+	DefaultAdminListen         = "127.0.0.1:9090"
+	DefaultAdminMaxConnections = 64
+	DefaultMaxProfileDuration  = 30 * time.Second
 	DefaultMaxConnections      = 10000
 	DefaultMaxConnectionsPerIP = 256
 	DefaultMaxHandshakes       = 1024
@@ -52,17 +54,44 @@ type Config struct {
 	// Listen is the public address (WebSocket endpoints).
 	Listen string `koanf:"listen"`
 	// AdminListen is the admin address (/healthz, /readyz, /debug/stats,
-	// /metrics). It is a separate listener so that it keeps answering
-	// when the public one is saturated.
+	// /metrics, and /debug/pprof/ when Admin.Pprof is set). It is a
+	// separate listener so that it keeps answering when the public one
+	// is saturated. It has no authentication, so the default is
+	// loopback only: an exposed admin port tells anyone the server's
+	// load and, with pprof, its internals. Containers set ":9090" and
+	// rely on the network (port publishing, policies) instead.
 	AdminListen string `koanf:"admin_listen"`
 
-	// Limits, Backpressure, Heartbeat, Shutdown and Log are the
+	// Admin, Limits, Backpressure, Heartbeat, Shutdown and Log are the
 	// sections of the same names.
+	Admin        AdminConfig        `koanf:"admin"`
 	Limits       LimitsConfig       `koanf:"limits"`
 	Backpressure BackpressureConfig `koanf:"backpressure"`
 	Heartbeat    HeartbeatConfig    `koanf:"heartbeat"`
 	Shutdown     ShutdownConfig     `koanf:"shutdown"`
 	Log          LogConfig          `koanf:"log"`
+}
+
+// AdminConfig holds the admin listener's settings. The zero value is not
+// valid (the caps must be positive): start from DefaultConfig().Admin.
+type AdminConfig struct {
+	// Pprof mounts Go's profiles on /debug/pprof/ (GET only). Off by
+	// default: a goroutine dump (?debug=2) shows every connection's
+	// stack, a heap profile the program's internals, and a CPU profile
+	// or trace costs CPU while it runs.
+	Pprof bool `koanf:"pprof"`
+	// MaxProfileDuration caps the seconds parameter of /debug/pprof/
+	// requests (CPU profile, trace, delta profiles); above it they get
+	// 400. A CPU profile without seconds runs 30 s, so it is refused
+	// when the cap is lower. Stops one request from holding the
+	// process-wide profiler and an admin connection for as long as it
+	// asks (profile?seconds=600).
+	MaxProfileDuration time.Duration `koanf:"max_profile_duration"`
+	// MaxConnections caps open admin TCP connections; more are answered
+	// a canned 503 at accept and closed (counted in
+	// refused_at_accept_total). Stops a client of the unauthenticated
+	// admin port from holding descriptors and goroutines without bound.
+	MaxConnections int `koanf:"max_connections"`
 }
 
 // LimitsConfig holds the admission caps and per-connection input limits.
@@ -179,6 +208,10 @@ func DefaultConfig() Config {
 	return Config{
 		Listen:      DefaultListen,
 		AdminListen: DefaultAdminListen,
+		Admin: AdminConfig{
+			MaxProfileDuration: DefaultMaxProfileDuration,
+			MaxConnections:     DefaultAdminMaxConnections,
+		},
 		Limits: LimitsConfig{
 			MaxConnections:      DefaultMaxConnections,
 			MaxConnectionsPerIP: DefaultMaxConnectionsPerIP,
@@ -241,6 +274,8 @@ func (c Config) Validate() error {
 	if c.AdminListen == "" {
 		bad("admin_listen", "must not be empty")
 	}
+	positiveDur("admin.max_profile_duration", c.Admin.MaxProfileDuration)
+	positiveInt("admin.max_connections", c.Admin.MaxConnections)
 	l := c.Limits
 	positiveInt("limits.max_connections", l.MaxConnections)
 	positiveInt("limits.max_connections_per_ip", l.MaxConnectionsPerIP)

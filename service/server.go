@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -134,6 +135,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.publicLn = newGuardedListener(pl, s.fd, s.cfg.Limits.MaxHandshakes, s.log, s.obs.AcceptError)
 	s.adminLn = newGuardedListener(al, nil, 0, s.log, s.obs.AcceptError)
 	s.publicLn.pressure, s.adminLn.pressure = s.fd, s.fd
+	s.adminLn.maxConns = int64(s.cfg.Admin.MaxConnections)
 
 	errLog := slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)
 	hs := s.cfg.Limits.HandshakeTimeout
@@ -143,6 +145,9 @@ func (s *Server) Serve(ctx context.Context) error {
 		IdleTimeout:       hs, // keep-alive conns that never upgrade
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          errLog,
+		// "OPTIONS *" would get net/http's own 200: every answer
+		// here is an upgrade or an error (publicHandler).
+		DisableGeneralOptionsHandler: true,
 	}
 	s.adminSrv = &http.Server{
 		Handler:           s.adminHandler(),
@@ -252,27 +257,50 @@ func (s *Server) stopPublic(ctx context.Context) {
 	_ = s.publicSrv.Shutdown(ctx)
 }
 
-// publicHandler routes the WebSocket endpoints.
+// publicHandler routes the WebSocket endpoints. It routes by hand rather
+// than with a ServeMux: a mux answers a path with . or .. segments with
+// a redirect to the cleaned path (a 307 that a WebSocket client cannot
+// follow, hiding the real error), yet passes /ws/topics/%2e%2e to the
+// handler decoded as "..". Here every request is an upgrade, a 400 or a
+// 404.
 func (s *Server) publicHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/ws/echo", func(w http.ResponseWriter, r *http.Request) {
-		s.upgrade(w, r, EndpointEcho, "")
-	})
-	mux.HandleFunc("/ws/topics/", func(w http.ResponseWriter, r *http.Request) {
-		topic := r.URL.Path[len("/ws/topics/"):]
-		if !validTopic(topic) {
-			s.reject(w, r, &rejection{reason: RejectBadRequest, status: http.StatusBadRequest,
-				msg: "topic must be 1-128 characters of [A-Za-z0-9._-]"})
-			return
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := r.URL.Path
+		switch {
+		case p == "/ws/echo" && r.URL.EscapedPath() == p:
+			s.upgrade(w, r, EndpointEcho, "")
+		case strings.HasPrefix(p, topicPrefix):
+			topic, ok := requestTopic(r)
+			if !ok {
+				s.reject(w, r, &rejection{reason: RejectBadRequest, status: http.StatusBadRequest,
+					msg: "topic must be 1-128 characters of [A-Za-z0-9._-], not . or .., and not percent-encoded"})
+				return
+			}
+			s.upgrade(w, r, EndpointTopic, topic)
+		default:
+			http.NotFound(w, r)
 		}
-		s.upgrade(w, r, EndpointTopic, topic)
 	})
-	return mux
 }
 
-// validTopic: 1–128 characters of [A-Za-z0-9._-].
+const topicPrefix = "/ws/topics/"
+
+// requestTopic returns the topic named by a /ws/topics/ request. The
+// topic is checked in its decoded form and must be spelled the same in
+// the raw request target: a valid topic needs no escaping, so an escaped
+// spelling (%2e%2e for .., %61 for a) is refused rather than decoded
+// into a name (or a path segment) the client did not write.
+func requestTopic(r *http.Request) (string, bool) {
+	topic, ok := strings.CutPrefix(r.URL.Path, topicPrefix)
+	raw, rawOK := strings.CutPrefix(r.URL.EscapedPath(), topicPrefix)
+	return topic, ok && rawOK && raw == topic && validTopic(topic)
+}
+
+// validTopic: 1–128 characters of [A-Za-z0-9._-], other than "." and
+// "..", which are path segments to every URL resolver and proxy on the
+// way (a proxy may forward /ws/topics/.. as /ws/).
 func validTopic(t string) bool {
-	if len(t) == 0 || len(t) > 128 {
+	if len(t) == 0 || len(t) > 128 || t == "." || t == ".." {
 		return false
 	}
 	for i := 0; i < len(t); i++ {
@@ -329,6 +357,7 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, ep Endpoint, to
 		return
 	}
 	_ = nc.SetDeadline(time.Time{}) // net/http's header deadline no longer applies
+	normaliseUpgradeHeaders(r.Header)
 	gc := &gwsConn{Conn: nc}
 	guard := newFrameGuard(newBorrowingReader(nc, brw.Reader), s.cfg.Limits.MaxMessageBytes)
 	conn, err := s.upgrader.UpgradeFromConn(gc, bufio.NewReaderSize(guard, frameHeadBuffer), r)

@@ -74,8 +74,10 @@ func Run(ctx context.Context, img string, opts ...testcontainers.ContainerCustom
 		testcontainers.WithExposedPorts(PublicPort, AdminPort),
 		// Found by images.RemoveOrphans if this process dies uncleanly.
 		testcontainers.WithLabels(images.SessionLabels()),
-		// JSON logs at info: the suite reads them on failure.
-		testcontainers.WithEnv(map[string]string{"WSD_LOG__LEVEL": "info"}),
+		// JSON logs at info: the suite reads them on failure. The
+		// admin listener on every interface of the container (wsd's
+		// default is loopback), set here too so that any image works.
+		testcontainers.WithEnv(map[string]string{"WSD_LOG__LEVEL": "info", "WSD_ADMIN_LISTEN": ":9090"}),
 		testcontainers.WithWaitStrategy(wait.ForHTTP("/healthz").WithPort(AdminPort).
 			WithStartupTimeout(30 * time.Second).WithPollInterval(100 * time.Millisecond)),
 	}, opts...)

@@ -286,7 +286,10 @@ func printConfig(w io.Writer, cfg appConfig) error {
 // keyHelp is the one-line description shown by --help.
 var keyHelp = map[string]string{
 	"listen":                        "public address (WebSocket endpoints)",
-	"admin_listen":                  "admin address (/healthz, /readyz, /debug/stats, /metrics)",
+	"admin_listen":                  "admin address (/healthz, /readyz, /debug/stats, /metrics, /debug/pprof/); no auth, loopback by default",
+	"admin.pprof":                   "serve Go profiles on the admin /debug/pprof/ (off: 404)",
+	"admin.max_profile_duration":    "longest profile or trace a /debug/pprof/ request may ask for (400 above)",
+	"admin.max_connections":         "open admin TCP connections (503 at accept above)",
 	"limits.max_connections":        "upgraded connections, process-wide (503 above)",
 	"limits.max_connections_per_ip": "upgraded connections per client address (429 above)",
 	"limits.max_handshakes":         "public TCP connections not yet upgraded (closed at accept above)",

@@ -12,7 +12,8 @@ import (
 	"github.com/wsd-dev/wsd/internal/wstest"
 )
 
-// The fuzz targets for wsd's own parsing of peer input. Their seed
+// The fuzz targets for what peers send after the upgrade (the upgrade
+// request itself: handshake_fuzz_test.go). Their seed
 // corpora (testdata/fuzz/<name>) run as ordinary tests; .ci/run fuzzes
 // each for a short fixed time.
 
