@@ -298,6 +298,8 @@ var keyHelp = map[string]string{
 	"limits.fd_headroom":            "fraction of RLIMIT_NOFILE kept free (503 and /readyz 503 above)",
 	"limits.max_message_bytes":      "largest accepted message (close 1009 above)",
 	"limits.handshake_timeout":      "time to send the upgrade request headers (slowloris)",
+	"limits.frame_timeout":          "time from a data message's first byte to its last (close 1008 above)",
+	"limits.max_partial_bytes":      "process-wide budget for large messages still being received (bytes)",
 	"limits.allowed_origins":        "accepted Origin values, comma-separated; empty: any (403 otherwise)",
 	"limits.message_rate":           "inbound messages per second per connection, shaped (0: off)",
 	"limits.message_burst":          "inbound message token bucket size",
