@@ -74,6 +74,48 @@ func Abuse(ctx context.Context, t Target, cfg AbuseConfig) []Invariant {
 			return err
 		}, 1002),
 		closeCase("reserved opcode 0x3", func(c *Conn) error { return c.WriteFrame(true, 0x3, []byte("x")) }, 1002),
+		closeCase("64-bit length with the top bit set (the 14-byte crash frame)", func(c *Conn) error {
+			_, err := c.NetConn().Write(CrashFrame)
+			return err
+		}, 1002),
+		closeCase("the 14-byte crash frame as a continuation", func(c *Conn) error {
+			if err := c.WriteFrame(false, OpBinary, []byte("start")); err != nil {
+				return err
+			}
+			_, err := c.NetConn().Write(append([]byte{0x80}, CrashFrame[1:]...))
+			return err
+		}, 1002),
+		cas{"the 14-byte crash frame on a topic", "close 1002", func() (string, bool) {
+			code, err := abuseFrame(ctx, t.TopicURL("abuse"), func(c *Conn) error {
+				_, err := c.NetConn().Write(CrashFrame)
+				return err
+			})
+			if err != nil {
+				return err.Error(), false
+			}
+			return fmt.Sprintf("close %d", code), code == 1002
+		}},
+		closeCase("5 bytes declared in the 8-byte length form", func(c *Conn) error {
+			_, err := c.NetConn().Write([]byte{0x82, 0x80 | 127, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 'h', 'e', 'l', 'l', 'o'})
+			return err
+		}, 1002),
+		cas{"text, RSV2 frame and ping in one write", "the text echoed, then close 1002", func() (string, bool) {
+			c, err := Dial(ctx, t.EchoURL())
+			if err != nil {
+				return err.Error(), false
+			}
+			defer c.Close()
+			b := append(maskedText("Hello"), 0xa1, 0x80, 0, 0, 0, 0) // text with RSV2, empty
+			b = append(b, 0x89, 0x80, 0, 0, 0, 0)                    // ping
+			if _, err := c.NetConn().Write(b); err != nil {
+				return err.Error(), false
+			}
+			code, msgs, err := c.ReadUntilClose(10 * time.Second)
+			if code == 0 {
+				return fmt.Sprintf("no close frame: %v", err), false
+			}
+			return fmt.Sprintf("%d echoed, then close %d", msgs, code), msgs == 1 && code == 1002
+		}},
 		closeCase("fragmented ping", func(c *Conn) error { return c.WriteFrame(false, OpPing, []byte("x")) }, 1002),
 	)
 	statusCase := func(name string, path string, header map[string]string, want int) cas {
@@ -167,6 +209,11 @@ func Abuse(ctx context.Context, t Target, cfg AbuseConfig) []Invariant {
 	wg.Wait()
 	return out
 }
+
+// CrashFrame is a binary frame whose 64-bit length has the top bit set:
+// gws v1.8.9 alone turns it into a negative length and panics, ending
+// the process; wsd must close the connection with 1002.
+var CrashFrame = []byte{0x82, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0x02, 0x03, 0x04}
 
 // abuseFrame connects, lets send misbehave, and returns the close code
 // the server answers with (an error if the connection ends without one).

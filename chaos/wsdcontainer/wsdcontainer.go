@@ -176,6 +176,11 @@ type ExitState struct {
 	// StartedAt and FinishedAt are the engine's timestamps (FinishedAt is
 	// zero while running).
 	StartedAt, FinishedAt time.Time
+	// Pid is the wsd process's host PID (0 when not running);
+	// RestartCount is how often the engine restarted the container. A
+	// scenario that ends with either changed has lost the process it
+	// started with: wsd crashed, even if something brought it back.
+	Pid, RestartCount int
 }
 
 // ExitState returns the container's run state, including Docker's OOMKilled
@@ -186,7 +191,7 @@ func (c *Container) ExitState(ctx context.Context) (ExitState, error) {
 		return ExitState{}, fmt.Errorf("wsd container: inspect: %w", err)
 	}
 	s := insp.Container.State
-	es := ExitState{Running: s.Running, ExitCode: s.ExitCode, OOMKilled: s.OOMKilled}
+	es := ExitState{Running: s.Running, ExitCode: s.ExitCode, OOMKilled: s.OOMKilled, Pid: s.Pid, RestartCount: insp.Container.RestartCount}
 	es.StartedAt, _ = time.Parse(time.RFC3339Nano, s.StartedAt)
 	es.FinishedAt, _ = time.Parse(time.RFC3339Nano, s.FinishedAt)
 	return es, nil
