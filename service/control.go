@@ -141,10 +141,12 @@ func (s *session) replyClose(e *guardEnd) {
 }
 
 // frameTimeout closes a peer that started a message and did not finish
-// it within limits.frame_timeout (best effort 1008, then the socket), so
-// that its partial message stops holding memory.
+// it within limits.frame_timeout, so that its partial message stops
+// holding memory: 1008, then the socket once the peer closes or after
+// closeLinger (the read loop reads away what the peer still sends, so
+// the close frame is not lost to a reset).
 func (s *session) frameTimeout() {
 	s.srv.counters.frameTimeouts.Add(1)
 	s.srv.log.LogAttrs(s.ctx, slog.LevelInfo, "frame timeout: message not completed in time", slog.Uint64("conn_id", s.id))
-	go s.closeWith(ClosePolicyViolation, reasonFrameTimeout, nil, 0)
+	go s.closeWith(ClosePolicyViolation, reasonFrameTimeout, nil, closeLinger)
 }

@@ -370,6 +370,10 @@ func (g *frameGuard) account() error {
 	}
 	need := int64(g.msgLen) - g.reserved
 	if err := s.srv.partial.acquire(s, need); err != nil {
+		// The session is closing while we waited: read away what the
+		// peer sent (until its close or the linger deadline) so that
+		// closing the socket does not reset the close frame away.
+		drain(g.src)
 		return err
 	}
 	g.reserved += need
