@@ -66,7 +66,8 @@ func newBusTelemetry(b *Bus, o telemetryOptions) (*busTelemetry, error) {
 	}
 	t := &busTelemetry{tracer: o.tp.Tracer(instrumentationName), kind: trace.WithSpanKind(trace.SpanKindConsumer)}
 	m := o.mp.Meter(instrumentationName)
-	connected, err := m.Int64ObservableGauge("wsd.bus.connected", metric.WithUnit("1"),
+	// No unit: "1" would make Prometheus name it wsd_bus_connected_ratio.
+	connected, err := m.Int64ObservableGauge("wsd.bus.connected",
 		metric.WithDescription("1 while the NATS connection is up, else 0."))
 	if err != nil {
 		return nil, err
