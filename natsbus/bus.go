@@ -134,7 +134,7 @@ func New(cfg Config, opts ...Option) (*Bus, error) {
 	if b.nc, err = nats.Connect(cfg.URL, b.natsOptions()...); err != nil {
 		// With RetryOnFailedConnect only option errors reach here
 		// (credentials, TLS files).
-		return nil, fmt.Errorf("nats: %w", err)
+		return nil, fmt.Errorf("connect: %w", err)
 	}
 	if b.tel, err = newBusTelemetry(b, o.tel); err != nil {
 		b.nc.Close()
