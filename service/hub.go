@@ -8,10 +8,10 @@ import (
 )
 
 // Bus carries topic messages to subscribers. The in-process Hub delivers
-// within one replica; a broker-backed Bus (NATS, Redis) can carry
+// within one replica; a broker-backed Bus (natsbus: NATS) carries
 // publishes between replicas by implementing the same three methods,
-// without touching session code. Passing a nil Bus to WithBus keeps the
-// in-process Hub.
+// and optionally ContextPublisher and BusStatser, without touching
+// session code. Passing a nil Bus to WithBus keeps the in-process Hub.
 type Bus interface {
 	// Subscribe adds sub to topic. The returned function removes it; it
 	// is idempotent.
