@@ -40,7 +40,8 @@ type BusStats struct {
 	// Connected is true while the broker connection is up.
 	Connected bool
 	// Subscriptions is the number of broker subscriptions: one per topic
-	// with at least one local subscriber.
+	// with at least one local subscriber. A Bus may apply changes in the
+	// background: it follows Counts shortly, not atomically.
 	Subscriptions int
 	// Totals since start: messages handed to the broker, messages
 	// received from it (other replicas' publishes), and messages lost on
