@@ -114,7 +114,7 @@ func validUpgradeOracle(r *http.Request) bool {
 	return ok && topicPattern.MatchString(topic) && topic != "." && topic != ".."
 }
 
-// FuzzValidTopic: validTopic accepts exactly 1–128 characters of
+// FuzzValidTopic: ValidTopic accepts exactly 1–128 characters of
 // [A-Za-z0-9._-] other than "." and ".."; and a request target
 // /ws/topics/<s> names a topic exactly when s is such a name, spelled
 // as is, never a dot segment (path.Clean leaves the path alone).
@@ -125,8 +125,8 @@ func FuzzValidTopic(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, s string) {
 		want := topicPattern.MatchString(s) && s != "." && s != ".."
-		if got := validTopic(s); got != want {
-			t.Fatalf("validTopic(%q) = %v, want %v", s, got, want)
+		if got := ValidTopic(s); got != want {
+			t.Fatalf("ValidTopic(%q) = %v, want %v", s, got, want)
 		}
 		if strings.Contains(s, "?") {
 			return // the rest is a query, not part of the topic

@@ -25,12 +25,15 @@ import (
 // Server is a wsd server. Create it with New, run it with Serve; the zero
 // value is not usable.
 type Server struct {
-	cfg      Config
-	log      *slog.Logger
-	obs      Observer
-	bus      Bus
-	admin    map[string]http.Handler
-	upgrader *gws.Upgrader
+	cfg Config
+	log *slog.Logger
+	obs Observer
+	bus Bus
+	// publish or, when the Bus implements ContextPublisher, ctxPublish.
+	publish    func(topic string, from Subscriber, opcode gws.Opcode, payload []byte)
+	ctxPublish func(ctx context.Context, topic string, from Subscriber, opcode gws.Opcode, payload []byte)
+	admin      map[string]http.Handler
+	upgrader   *gws.Upgrader
 
 	fd       *fdGuard
 	adm      *admission
@@ -70,7 +73,9 @@ func WithLogger(l *slog.Logger) Option { return func(s *Server) { s.log = l } }
 func WithObserver(o Observer) Option { return func(s *Server) { s.obs = o } }
 
 // WithBus replaces the in-process topic Hub, e.g. with a broker-backed
-// Bus shared by replicas.
+// Bus shared by replicas (natsbus). The Server does not close it: its
+// creator does, after Serve returned (every session has unsubscribed by
+// then).
 func WithBus(b Bus) Option { return func(s *Server) { s.bus = b } }
 
 // WithAdminHandler mounts h on the admin listener at pattern (e.g.
@@ -94,6 +99,10 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 	}
 	if s.bus == nil {
 		s.bus = NewHub()
+	}
+	s.publish = s.bus.Publish
+	if cp, ok := s.bus.(ContextPublisher); ok {
+		s.ctxPublish = cp.PublishContext
 	}
 	s.fd = newFDGuard(cfg.Limits.FDHeadroom)
 	s.adm = newAdmission(&s.cfg.Limits, s.fd)
@@ -293,23 +302,7 @@ const topicPrefix = "/ws/topics/"
 func requestTopic(r *http.Request) (string, bool) {
 	topic, ok := strings.CutPrefix(r.URL.Path, topicPrefix)
 	raw, rawOK := strings.CutPrefix(r.URL.EscapedPath(), topicPrefix)
-	return topic, ok && rawOK && raw == topic && validTopic(topic)
-}
-
-// validTopic: 1–128 characters of [A-Za-z0-9._-], other than "." and
-// "..", which are path segments to every URL resolver and proxy on the
-// way (a proxy may forward /ws/topics/.. as /ws/).
-func validTopic(t string) bool {
-	if len(t) == 0 || len(t) > 128 || t == "." || t == ".." {
-		return false
-	}
-	for i := 0; i < len(t); i++ {
-		c := t[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
+	return topic, ok && rawOK && raw == topic && ValidTopic(topic)
 }
 
 func (s *Server) reject(w http.ResponseWriter, r *http.Request, rej *rejection) {
