@@ -8,7 +8,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -19,6 +21,28 @@ func runWsd(t *testing.T, args, environ []string) (int, string, string) {
 	var stdout, stderr bytes.Buffer
 	code := run(args, environ, &stdout, &stderr)
 	return code, stdout.String(), stderr.String()
+}
+
+// runWsdBounded is runWsd for configurations wsd must refuse: should
+// wsd start serving instead, the test fails within 10 s naming the
+// broken invariant (not at the package timeout), and wsd is stopped with
+// the SIGTERM its signal handler catches. Listeners go to loopback
+// ephemeral ports so that a wrongly started wsd cannot collide.
+func runWsdBounded(t *testing.T, args, environ []string) (int, string, string) {
+	t.Helper()
+	args = append(args[:len(args):len(args)], "--listen=127.0.0.1:0", "--admin_listen=127.0.0.1:0")
+	var stdout, stderr bytes.Buffer
+	done := make(chan int, 1)
+	go func() { done <- run(args, environ, &stdout, &stderr) }()
+	select {
+	case code := <-done:
+		return code, stdout.String(), stderr.String()
+	case <-time.After(10 * time.Second):
+		t.Errorf("invalid configuration %v %v: wsd still running after 10 s, want exit 2 before listening", args, environ)
+		_ = syscall.Kill(os.Getpid(), syscall.SIGTERM)
+		<-done
+		return 0, stdout.String(), stderr.String()
+	}
 }
 
 // effective returns the configuration wsd would run with, as printed by
@@ -144,7 +168,7 @@ func TestConfigInvalid(t *testing.T) {
 			if tt.file != "" {
 				args = append(args, "--config", writeFile(t, tt.file))
 			}
-			code, out, errOut := runWsd(t, args, tt.environ)
+			code, out, errOut := runWsdBounded(t, args, tt.environ)
 			if code == 0 {
 				t.Fatalf("exit 0, want non-zero; stdout:\n%s", out)
 			}
