@@ -48,6 +48,17 @@ type Stats struct {
 	WriteTimeoutsTotal     int64 `json:"write_timeouts_total"`
 	RefusedAtAcceptTotal   int64 `json:"refused_at_accept_total"`
 	ShedTotal              int64 `json:"shed_total"`
+	// The link to other replicas (bus.kind: nats, see BusStats):
+	// whether the broker connection is up, broker subscriptions (one per
+	// topic with a local subscriber), and totals of messages handed to
+	// the broker, received from it, and lost on the broker path. With the
+	// in-process bus (bus.kind: local) there is no link to lose: connected
+	// true, 0 subscriptions, zero totals.
+	BusConnected      bool  `json:"bus_connected"`
+	BusSubscriptions  int   `json:"bus_subscriptions"`
+	BusPublishedTotal int64 `json:"bus_published_total"`
+	BusReceivedTotal  int64 `json:"bus_received_total"`
+	BusDroppedTotal   int64 `json:"bus_dropped_total"`
 }
 
 // Load is the cheap subset of Stats (atomic loads only) that gauges read;
@@ -88,6 +99,12 @@ func (s *Server) Stats() Stats {
 		EvictedTotal:           s.counters.evicted.Load(),
 		HeartbeatTimeoutsTotal: s.counters.heartbeatTimeouts.Load(),
 		WriteTimeoutsTotal:     s.counters.writeTimeouts.Load(),
+		BusConnected:           true,
+	}
+	if bs, ok := s.bus.(BusStatser); ok {
+		b := bs.BusStats()
+		st.BusConnected, st.BusSubscriptions = b.Connected, b.Subscriptions
+		st.BusPublishedTotal, st.BusReceivedTotal, st.BusDroppedTotal = b.Published, b.Received, b.Dropped
 	}
 	if s.publicLn != nil {
 		st.Handshakes = s.publicLn.handshakes.Load()

@@ -45,7 +45,8 @@ func TestAdminHealthAndReadiness(t *testing.T) {
 
 // statsKeys is the documented /debug/stats document (README table).
 var statsKeys = []string{
-	"buffered_bytes", "connections", "draining", "dropped_total", "echo_connections", "evicted_total",
+	"buffered_bytes", "bus_connected", "bus_dropped_total", "bus_published_total", "bus_received_total",
+	"bus_subscriptions", "connections", "draining", "dropped_total", "echo_connections", "evicted_total",
 	"fd_limit", "goroutines", "handshakes", "heartbeat_timeouts_total", "ip_entries", "open_fds", "paused",
 	"refused_at_accept_total", "shed_total", "subscribers", "topic_connections", "topics", "write_timeouts_total",
 }
@@ -79,8 +80,8 @@ func TestAdminStatsExact(t *testing.T) {
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
 		t.Fatal(err)
 	}
-	if idle.FDLimit != int64(rl.Cur) || idle.Connections != 0 || idle.Goroutines <= 0 || idle.Draining {
-		t.Fatalf("idle stats %+v, want fd_limit %d and nothing else", idle, rl.Cur)
+	if idle.FDLimit != int64(rl.Cur) || idle.Connections != 0 || idle.Goroutines <= 0 || idle.Draining || !idle.BusConnected {
+		t.Fatalf("idle stats %+v, want fd_limit %d, bus_connected (local bus) and nothing else", idle, rl.Cur)
 	}
 
 	wstest.MustDialRaw(t, ts.wsURL("/ws/echo"))
@@ -104,6 +105,8 @@ func TestAdminStatsExact(t *testing.T) {
 		exp := Stats{
 			Connections: 5, EchoConnections: 2, TopicConnections: 3, Paused: 1, BufferedBytes: want,
 			FDLimit: int64(rl.Cur), Topics: 2, Subscribers: 3, IPEntries: 1,
+			// The local bus: no broker link to lose, nothing counted.
+			BusConnected: true,
 			// Compared separately:
 			OpenFDs: st.OpenFDs, Goroutines: st.Goroutines,
 		}

@@ -1,6 +1,7 @@
 package service
 
 import (
+	"context"
 	"sync"
 
 	"github.com/lxzan/gws"
@@ -20,6 +21,54 @@ type Bus interface {
 	Publish(topic string, from Subscriber, opcode gws.Opcode, payload []byte)
 	// Counts returns the number of topics and of subscriptions.
 	Counts() (topics, subscribers int)
+}
+
+// ContextPublisher is an optional interface of a Bus: the Server calls
+// PublishContext instead of Publish when the Bus implements it, with the
+// publishing session's context (which carries its ws.session span), so
+// a broker-backed Bus can propagate the trace context to the replicas
+// that deliver the message. It must not block, like Publish.
+type ContextPublisher interface {
+	PublishContext(ctx context.Context, topic string, from Subscriber, opcode gws.Opcode, payload []byte)
+}
+
+// BusStats is the state of a Bus's link to other replicas, reported in
+// /debug/stats. The in-process Hub has no link: the Server reports it
+// as connected with no broker subscriptions and zero totals. The zero
+// value is a disconnected Bus with nothing counted.
+type BusStats struct {
+	// Connected is true while the broker connection is up.
+	Connected bool
+	// Subscriptions is the number of broker subscriptions: one per topic
+	// with at least one local subscriber.
+	Subscriptions int
+	// Totals since start: messages handed to the broker, messages
+	// received from it (other replicas' publishes), and messages lost on
+	// the broker path (published while disconnected or with the publish
+	// queue full, or discarded by the broker client as a slow consumer).
+	Published, Received, Dropped int64
+}
+
+// BusStatser is an optional interface of a Bus that links replicas: the
+// Server reads it for /debug/stats. It must be cheap and must not block.
+type BusStatser interface {
+	BusStats() BusStats
+}
+
+// ValidTopic reports whether t is a valid topic name: 1–128 characters
+// of [A-Za-z0-9._-]. The Server refuses other names with 400, so a Bus
+// only ever sees valid ones.
+func ValidTopic(t string) bool {
+	if len(t) == 0 || len(t) > 128 {
+		return false
+	}
+	for i := 0; i < len(t); i++ {
+		c := t[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // Subscriber receives fan-out messages from a Bus; wsd's topic sessions

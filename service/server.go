@@ -23,12 +23,15 @@ import (
 // Server is a wsd server. Create it with New, run it with Serve; the zero
 // value is not usable.
 type Server struct {
-	cfg      Config
-	log      *slog.Logger
-	obs      Observer
-	bus      Bus
-	admin    map[string]http.Handler
-	upgrader *gws.Upgrader
+	cfg Config
+	log *slog.Logger
+	obs Observer
+	bus Bus
+	// publish or, when the Bus implements ContextPublisher, ctxPublish.
+	publish    func(topic string, from Subscriber, opcode gws.Opcode, payload []byte)
+	ctxPublish func(ctx context.Context, topic string, from Subscriber, opcode gws.Opcode, payload []byte)
+	admin      map[string]http.Handler
+	upgrader   *gws.Upgrader
 
 	fd       *fdGuard
 	adm      *admission
@@ -63,7 +66,9 @@ func WithLogger(l *slog.Logger) Option { return func(s *Server) { s.log = l } }
 func WithObserver(o Observer) Option { return func(s *Server) { s.obs = o } }
 
 // WithBus replaces the in-process topic Hub, e.g. with a broker-backed
-// Bus shared by replicas.
+// Bus shared by replicas (natsbus). The Server does not close it: its
+// creator does, after Serve returned (every session has unsubscribed by
+// then).
 func WithBus(b Bus) Option { return func(s *Server) { s.bus = b } }
 
 // WithAdminHandler mounts h on the admin listener at pattern (e.g.
@@ -87,6 +92,10 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 	}
 	if s.bus == nil {
 		s.bus = NewHub()
+	}
+	s.publish = s.bus.Publish
+	if cp, ok := s.bus.(ContextPublisher); ok {
+		s.ctxPublish = cp.PublishContext
 	}
 	s.fd = newFDGuard(cfg.Limits.FDHeadroom)
 	s.adm = newAdmission(&s.cfg.Limits, s.fd)
@@ -250,7 +259,7 @@ func (s *Server) publicHandler() http.Handler {
 	})
 	mux.HandleFunc("/ws/topics/", func(w http.ResponseWriter, r *http.Request) {
 		topic := r.URL.Path[len("/ws/topics/"):]
-		if !validTopic(topic) {
+		if !ValidTopic(topic) {
 			s.reject(w, r, &rejection{reason: RejectBadRequest, status: http.StatusBadRequest,
 				msg: "topic must be 1-128 characters of [A-Za-z0-9._-]"})
 			return
@@ -258,20 +267,6 @@ func (s *Server) publicHandler() http.Handler {
 		s.upgrade(w, r, EndpointTopic, topic)
 	})
 	return mux
-}
-
-// validTopic: 1–128 characters of [A-Za-z0-9._-].
-func validTopic(t string) bool {
-	if len(t) == 0 || len(t) > 128 {
-		return false
-	}
-	for i := 0; i < len(t); i++ {
-		c := t[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
 }
 
 func (s *Server) reject(w http.ResponseWriter, r *http.Request, rej *rejection) {

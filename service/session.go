@@ -117,7 +117,11 @@ func (h handler) OnMessage(c *gws.Conn, m *gws.Message) {
 		payload := append([]byte(nil), m.Bytes()...)
 		op := m.Opcode
 		_ = m.Close()
-		s.srv.bus.Publish(s.topic, s, op, payload)
+		if p := s.srv.ctxPublish; p != nil {
+			p(s.ctx, s.topic, s, op, payload)
+		} else {
+			s.srv.publish(s.topic, s, op, payload)
+		}
 	}
 	s.waitWhilePaused()
 	s.shape()

@@ -37,6 +37,8 @@ const instrumentationName = "github.com/wsd-dev/wsd/telemetry"
 // implements service.Observer: pass it to service.WithObserver. Create
 // it with New and release it with Shutdown; the zero value is not usable.
 type Telemetry struct {
+	tp        trace.TracerProvider
+	mp        metric.MeterProvider
 	tracer    trace.Tracer
 	prop      propagation.TextMapPropagator
 	inst      *instruments
@@ -147,6 +149,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Telemetry, error) {
 	}
 	t.logs = lp
 	t.exporters = fmt.Sprintf("traces=%s metrics=%s logs=%s", traces, metrics, logs)
+	t.tp, t.mp = tp, mp
 	t.tracer = tp.Tracer(instrumentationName)
 
 	meter := mp.Meter(instrumentationName)
@@ -166,6 +169,15 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Telemetry, error) {
 // unless the metrics exporter is prometheus (the default) and New built
 // the meter provider.
 func (t *Telemetry) MetricsHandler() http.Handler { return t.handler }
+
+// TracerProvider is the provider of wsd's spans, for components with
+// spans of their own (natsbus). Shutdown stops it if New built it.
+func (t *Telemetry) TracerProvider() trace.TracerProvider { return t.tp }
+
+// MeterProvider is the provider of wsd's metrics, for components with
+// instruments of their own (natsbus): they are exported with the rest.
+// Shutdown stops it if New built it.
+func (t *Telemetry) MeterProvider() metric.MeterProvider { return t.mp }
 
 // String describes the exporters in use, e.g.
 // "traces=otlp metrics=prometheus logs=none", for the startup log line.

@@ -18,6 +18,7 @@ import (
 	"github.com/knadh/koanf/v2"
 	"github.com/spf13/pflag"
 
+	"github.com/wsd-dev/wsd/natsbus"
 	"github.com/wsd-dev/wsd/service"
 	"github.com/wsd-dev/wsd/telemetry"
 )
@@ -29,10 +30,34 @@ type appConfig struct {
 	service.Config
 	// Telemetry is the "telemetry" section: OpenTelemetry settings.
 	Telemetry telemetry.Config
+	// Bus is the "bus" section: how topics are shared between replicas.
+	Bus busConfig
+}
+
+// Bus kinds (busConfig.Kind).
+const (
+	// busLocal is the in-process service.Hub: topics stay within one
+	// replica.
+	busLocal = "local"
+	// busNATS shares topics with every replica on the same NATS servers
+	// (natsbus).
+	busNATS = "nats"
+)
+
+// busConfig is the "bus" section.
+type busConfig struct {
+	// Kind is local (default: in-process, one replica) or nats.
+	Kind string `koanf:"kind"`
+	// NATS is the bus.nats section, used when Kind is nats.
+	NATS natsbus.Config `koanf:"nats"`
 }
 
 func defaultAppConfig() appConfig {
-	return appConfig{Config: service.DefaultConfig(), Telemetry: telemetry.DefaultConfig()}
+	return appConfig{
+		Config:    service.DefaultConfig(),
+		Telemetry: telemetry.DefaultConfig(),
+		Bus:       busConfig{Kind: busLocal, NATS: natsbus.DefaultConfig()},
+	}
 }
 
 // Validate reports every invalid setting of every section, each error
@@ -42,6 +67,16 @@ func (c appConfig) Validate() error {
 	if err := c.Telemetry.Validate(); err != nil {
 		for _, e := range unjoin(err) {
 			errs = append(errs, fmt.Errorf("telemetry.%w", e))
+		}
+	}
+	if c.Bus.Kind != busLocal && c.Bus.Kind != busNATS {
+		errs = append(errs, fmt.Errorf("bus.kind: must be %q or %q, got %q", busLocal, busNATS, c.Bus.Kind))
+	}
+	// bus.nats is checked whatever the kind, so that a bad value fails
+	// now rather than on the day the kind changes.
+	if err := c.Bus.NATS.Validate(); err != nil {
+		for _, e := range unjoin(err) {
+			errs = append(errs, fmt.Errorf("bus.nats.%w", e))
 		}
 	}
 	return errors.Join(errs...)
@@ -64,7 +99,7 @@ func (c *appConfig) sections() []struct {
 	return []struct {
 		prefix string
 		ptr    any
-	}{{"", &c.Config}, {"telemetry", &c.Telemetry}}
+	}{{"", &c.Config}, {"telemetry", &c.Telemetry}, {"bus", &c.Bus}}
 }
 
 // envPrefix and envLevel make WSD_BACKPRESSURE__PAUSE_BYTES address
@@ -324,4 +359,22 @@ var keyHelp = map[string]string{
 	"telemetry.traces_sampler_arg":  "sampler argument, e.g. 0.1 (OTEL_TRACES_SAMPLER_ARG)",
 	"telemetry.batch_timeout":       "longest a finished span waits before export (OTEL_BSP_SCHEDULE_DELAY wins)",
 	"telemetry.message_spans":       "fraction of data messages (0 to 1) that get a span, for debugging; 0: off",
+
+	"bus.kind":                        "local (topics within this replica) or nats (shared by every replica on the NATS servers)",
+	"bus.nats.url":                    "NATS server URLs, comma-separated (nats://, tls://, ws://, wss://)",
+	"bus.nats.subject_prefix":         "namespace of wsd's subjects: topic T is <prefix>.t.<T as one token>",
+	"bus.nats.credentials_file":       "NATS .creds file (JWT + NKey seed); empty: none",
+	"bus.nats.token":                  "NATS authentication token; empty: none (shown by --print-config: prefer the environment)",
+	"bus.nats.tls_ca_file":            "PEM CAs of the NATS servers' certificates; empty: system roots",
+	"bus.nats.tls_cert_file":          "PEM client certificate for NATS (with tls_key_file)",
+	"bus.nats.tls_key_file":           "PEM client key for NATS (with tls_cert_file)",
+	"bus.nats.connect_timeout":        "bound of one connection attempt to NATS",
+	"bus.nats.reconnect_wait":         "first pause between reconnect rounds (doubles, +25% jitter; reconnects forever)",
+	"bus.nats.reconnect_wait_max":     "longest pause between reconnect rounds",
+	"bus.nats.reconnect_buffer_bytes": "publishes kept while reconnecting, bytes (0: none, dropped and counted)",
+	"bus.nats.write_timeout":          "a NATS server accepting no write for this long is treated as lost",
+	"bus.nats.drain_timeout":          "bound of the graceful close of the NATS connection at shutdown",
+	"bus.nats.publish_queue":          "publishes waiting for NATS; above: dropped and counted (publish_queue_full)",
+	"bus.nats.pending_messages":       "messages from other replicas waiting for fan-out, per topic (slow_consumer above)",
+	"bus.nats.pending_bytes":          "bytes from other replicas waiting for fan-out, per topic (slow_consumer above)",
 }

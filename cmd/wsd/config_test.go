@@ -83,6 +83,18 @@ func TestConfigLayers(t *testing.T) {
 			map[string]string{"listen": ":7100", "backpressure.pause_bytes": "4000000", "heartbeat.ping_interval": "7s"}},
 		{"list from env", nil, []string{"WSD_LIMITS__ALLOWED_ORIGINS=https://a.example, https://b.example"},
 			map[string]string{"limits.allowed_origins": "[https://a.example https://b.example]"}},
+		{"bus defaults", nil, nil, map[string]string{
+			"bus.kind": "local", "bus.nats.url": "nats://127.0.0.1:4222", "bus.nats.subject_prefix": "wsd",
+			"bus.nats.reconnect_buffer_bytes": "0", "bus.nats.publish_queue": "8192", "bus.nats.pending_messages": "65536",
+			"bus.nats.pending_bytes": "67108864", "bus.nats.reconnect_wait": "250ms", "bus.nats.reconnect_wait_max": "10s",
+			"bus.nats.token": "", "bus.nats.credentials_file": "", "bus.nats.tls_ca_file": "",
+		}},
+		{"bus from env", nil, []string{"WSD_BUS__KIND=nats", "WSD_BUS__NATS__URL=nats://n1:4222,nats://n2:4222",
+			"WSD_BUS__NATS__SUBJECT_PREFIX=prod.eu", "WSD_BUS__NATS__RECONNECT_WAIT=1s", "WSD_BUS__NATS__PENDING_MESSAGES=10"},
+			map[string]string{"bus.kind": "nats", "bus.nats.url": "nats://n1:4222,nats://n2:4222",
+				"bus.nats.subject_prefix": "prod.eu", "bus.nats.reconnect_wait": "1s", "bus.nats.pending_messages": "10"}},
+		{"bus from file and flags", []string{"--config", writeFile(t, "bus:\n  kind: nats\n  nats:\n    url: tls://n1:4222\n    tls_ca_file: /ca.pem\n"), "--bus.nats.subject_prefix=x"}, nil,
+			map[string]string{"bus.kind": "nats", "bus.nats.url": "tls://n1:4222", "bus.nats.tls_ca_file": "/ca.pem", "bus.nats.subject_prefix": "x"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -133,6 +145,44 @@ func TestConfigInvalid(t *testing.T) {
 				t.Fatalf("exit 0, want non-zero; stdout:\n%s", out)
 			}
 			if !strings.Contains(errOut, tt.wantKey) {
+				t.Fatalf("stderr does not name %q:\n%s", tt.wantKey, errOut)
+			}
+		})
+	}
+}
+
+// TestConfigBusInvalid: a bad bus.* value exits 2 before listening,
+// naming its key.
+func TestConfigBusInvalid(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		environ []string
+		wantKey string
+	}{
+		{"unknown kind", nil, []string{"WSD_BUS__KIND=redis"}, "bus.kind"},
+		{"unknown kind flag", []string{"--bus.kind=NATS"}, nil, "bus.kind"},
+		{"unparsable url", nil, []string{"WSD_BUS__NATS__URL=nats://[::1"}, "bus.nats.url"},
+		{"url without scheme", []string{"--bus.kind=nats", "--bus.nats.url=127.0.0.1:4222"}, nil, "bus.nats.url"},
+		{"bad url in list", nil, []string{"WSD_BUS__NATS__URL=nats://a:4222,http://b"}, "bus.nats.url"},
+		{"bad port", nil, []string{"WSD_BUS__NATS__URL=nats://a:port"}, "bus.nats.url"},
+		{"empty url", []string{"--bus.nats.url="}, nil, "bus.nats.url"},
+		{"wildcard prefix", []string{"--bus.nats.subject_prefix=wsd.*"}, nil, "bus.nats.subject_prefix"},
+		{"empty prefix token", []string{"--bus.nats.subject_prefix=wsd..x"}, nil, "bus.nats.subject_prefix"},
+		{"token and creds", []string{"--bus.nats.token=s3cret", "--bus.nats.credentials_file=/a.creds"}, nil, "bus.nats.token"},
+		{"cert without key", []string{"--bus.nats.tls_cert_file=/c.pem"}, nil, "bus.nats.tls_cert_file"},
+		{"zero queue", []string{"--bus.nats.publish_queue=0"}, nil, "bus.nats.publish_queue"},
+		{"negative reconnect buffer", []string{"--bus.nats.reconnect_buffer_bytes=-1"}, nil, "bus.nats.reconnect_buffer_bytes"},
+		{"max wait below wait", []string{"--bus.nats.reconnect_wait=20s"}, nil, "bus.nats.reconnect_wait_max"},
+		{"zero pending", nil, []string{"WSD_BUS__NATS__PENDING_BYTES=0"}, "bus.nats.pending_bytes"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out, errOut := runWsd(t, tt.args, tt.environ)
+			if code != 2 {
+				t.Fatalf("exit %d, want 2; stdout:\n%s\nstderr:\n%s", code, out, errOut)
+			}
+			if !strings.Contains(errOut, tt.wantKey+":") {
 				t.Fatalf("stderr does not name %q:\n%s", tt.wantKey, errOut)
 			}
 		})

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/wsd-dev/wsd/natsbus"
 	"github.com/wsd-dev/wsd/service"
 )
 
@@ -68,6 +69,23 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 	opts := []service.Option{service.WithLogger(logger), service.WithObserver(tel)}
 	if h := tel.MetricsHandler(); h != nil {
 		opts = append(opts, service.WithAdminHandler("/metrics", h))
+	}
+	if cfg.Bus.Kind == busNATS {
+		bus, err := natsbus.New(cfg.Bus.NATS, natsbus.WithLogger(logger),
+			natsbus.WithTracerProvider(tel.TracerProvider()), natsbus.WithMeterProvider(tel.MeterProvider()))
+		if err != nil {
+			fmt.Fprintf(stderr, "wsd: bus.nats: %v\n", err)
+			return 2
+		}
+		// Deferred after the telemetry's shutdown, so it runs before it:
+		// Serve has returned (every session unsubscribed), the queued
+		// publishes are flushed and the last counts exported.
+		defer func() {
+			if err := bus.Close(); err != nil {
+				logger.Warn("bus close", "error", err)
+			}
+		}()
+		opts = append(opts, service.WithBus(bus))
 	}
 	srv, err := service.New(cfg.Config, opts...)
 	if err != nil {
