@@ -428,6 +428,14 @@ func (c *cluster) finish(quiet time.Duration, extraNATS int) {
 		})
 		c.check(p+"bus_subscriptions back to baseline, connected", err == nil,
 			fmt.Sprintf("= %d, bus_connected", r.busBase.Subscriptions), "%d, connected=%v (%s)", got.Subscriptions, got.Connected, errText(err))
+		// A replica started late in the scenario may not have had its
+		// first memory sample (a container stats read takes a second).
+		_ = chaos.Poll(ctx, 10*time.Second, 100*time.Millisecond, func() error {
+			if _, m := r.checker.Peak(); m < 0 {
+				return fmt.Errorf("no memory sample yet")
+			}
+			return nil
+		})
 		r.checker.Stop()
 		inv := r.checker.CheckMemory(c.bound)
 		c.check(p+inv.Name, inv.Pass, inv.Want, "%s", inv.Got)

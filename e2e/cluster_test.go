@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -224,9 +225,15 @@ func TestClusterBrokerLinkFaults(t *testing.T) {
 	if err := c.tox.ResetToxics(); err != nil {
 		c.fatal("%v", err)
 	}
+	if proxy, err = c.tox.Proxy("nats"); err != nil {
+		c.fatal("%v", err)
+	}
 
-	// Cut: a loses the broker, b keeps it.
-	addToxic("cut", "timeout", "upstream", toxiclient.Attributes{"timeout": 1000})
+	// Cut: a loses the broker, b keeps it. Both directions: no data
+	// either way, the connection closed after 1s, and every reconnect
+	// through the proxy stalls the same way.
+	addToxic("cut-up", "timeout", "upstream", toxiclient.Attributes{"timeout": 1000})
+	addToxic("cut-down", "timeout", "downstream", toxiclient.Attributes{"timeout": 1000})
 	// The toxic acts on data: a message from a makes the cut visible at
 	// once instead of at the next client ping.
 	probe := c.join(c.a, topic, 900, 1)[0]
@@ -357,5 +364,166 @@ func TestClusterReplicaKilled(t *testing.T) {
 	leave(ma)
 	leave(mb)
 	leave(late)
+	c.finish(20*time.Second, 0)
+}
+
+// Scenario cluster 5: rolling restart. A publisher on b sends at a
+// steady rate to members on both replicas; a gets SIGTERM. Every member
+// on a gets 1001, reconnects to b and keeps receiving, in order; b's
+// own members miss nothing; a exits 0 within the drain timeout, is
+// started again and receives b's messages once more.
+func TestClusterRollingRestart(t *testing.T) {
+	const onA, onB = 10, 4
+	const drain = 5 * time.Second
+	c := startCluster(t, "cluster-rolling-restart",
+		fmt.Sprintf("%d members on a, %d on b, a publisher on b at 100 msg/s; SIGTERM a (drain_timeout %s), its members move to b; a started again.", onA, onB, drain),
+		clusterOpts{conns: onA + onB, config: map[string]string{"shutdown.drain_timeout": drain.String()}})
+	topic := "cluster-rolling"
+	ma := c.join(c.a, topic, 1, onA)
+	mb := c.join(c.b, topic, 101, onB)
+	if err := c.waitInterest(15*time.Second, 2, map[*replica][2]int{c.a: {onA, 1}, c.b: {onB, 1}}); err != nil {
+		c.fatal("subscriptions: %v", err)
+	}
+	pub := mb[0]
+	// The publisher runs until stopped, at most 60s (600 messages).
+	var sent atomic.Uint64
+	stop := make(chan struct{})
+	pubDone := make(chan error, 1)
+	go func() {
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for seq := uint64(0); seq < 6000; seq++ {
+			select {
+			case <-stop:
+				pubDone <- nil
+				return
+			case <-c.ctx.Done():
+				pubDone <- c.ctx.Err()
+				return
+			case <-tick.C:
+			}
+			if err := pub.Publish(seq); err != nil {
+				pubDone <- err
+				return
+			}
+			sent.Store(seq + 1)
+		}
+		pubDone <- fmt.Errorf("publisher ran out of its bound")
+	}()
+	stopped := false
+	stopPub := func() {
+		if !stopped {
+			stopped = true
+			close(stop)
+			if err := <-pubDone; err != nil {
+				c.fatal("publisher: %v", err)
+			}
+		}
+	}
+	defer stopPub()
+	// receivedAtLeast waits until every member in ms has a message with
+	// seq >= min from the publisher.
+	receivedPast := func(ms []*chaos.Member, min uint64, within time.Duration) error {
+		return chaos.Poll(c.ctx, within, 50*time.Millisecond, func() error {
+			for _, m := range ms {
+				s := m.Seqs(pub.ID)
+				if len(s) == 0 || s[len(s)-1] < min {
+					return fmt.Errorf("member %d: %d messages, none from seq %d", m.ID, len(s), min)
+				}
+			}
+			return nil
+		})
+	}
+	if err := receivedPast(ma, 10, 15*time.Second); err != nil {
+		c.fatal("before: cross-replica delivery: %v", err)
+	}
+
+	c.res.Fault("SIGTERM replica a with %d clients under load", onA)
+	signalled := time.Now()
+	if err := c.a.wsd.Signal(c.ctx, "SIGTERM"); err != nil {
+		c.fatal("%v", err)
+	}
+	c.a.checker.Stop()
+	// Members move as they get their close, as a client library does.
+	codes := map[uint16]int{}
+	err := chaos.Poll(c.ctx, drain+10*time.Second, 20*time.Millisecond, func() error {
+		moved := 0
+		for _, m := range ma {
+			if m.Moves() > 0 {
+				moved++
+				continue
+			}
+			if ended, code := m.Ended(); ended {
+				codes[code]++
+				if err := m.Reconnect(c.ctx, c.b.target.TopicURL(topic)); err != nil {
+					return err
+				}
+				moved++
+			}
+		}
+		if moved < onA {
+			return fmt.Errorf("%d of %d moved", moved, onA)
+		}
+		return nil
+	})
+	c.check("a's clients get 1001 and reconnect to b", err == nil && codes[1001] == onA,
+		fmt.Sprintf("%d × 1001, all reconnected", onA), "codes %v (%s)", codes, errText(err))
+	movedAt := sent.Load()
+	err = receivedPast(ma, movedAt+20, 15*time.Second)
+	c.check("moved clients keep receiving on b", err == nil, "messages after the move on every moved client", "%s", errText(err))
+
+	var es struct {
+		running bool
+		code    int
+		took    time.Duration
+	}
+	err = chaos.Poll(c.ctx, drain+10*time.Second, 100*time.Millisecond, func() error {
+		st, err := c.a.wsd.ExitState(c.ctx)
+		if err != nil {
+			return err
+		}
+		es.running, es.code, es.took = st.Running, st.ExitCode, st.FinishedAt.Sub(signalled)
+		if st.Running {
+			return fmt.Errorf("still running")
+		}
+		return nil
+	})
+	c.check("a exited 0 within drain_timeout", err == nil && es.code == 0, fmt.Sprintf("exit 0 within %s", drain+10*time.Second),
+		"running=%v exit=%d (%s)", es.running, es.code, errText(err))
+
+	c.res.Fault("replica a started again")
+	if err := c.a.wsd.Start(c.ctx); err != nil {
+		c.fatal("restart a: %v", err)
+	}
+	c.attach(c.a)
+	back := c.join(c.a, topic, 50, 2)
+	err = c.waitInterest(recoverWithin, 2, map[*replica][2]int{c.a: {2, 1}, c.b: {onB + onA, 1}})
+	c.check("a back: subscribed on the bus again", err == nil, fmt.Sprintf("within %s", recoverWithin), "%s", errText(err))
+	err = receivedPast(back, sent.Load()+20, 15*time.Second)
+	c.check("a back: its new members receive b's messages", err == nil, "messages on every new member of a", "%s", errText(err))
+	stopPub()
+
+	total := sent.Load()
+	err = nil
+	var bad string
+	err = chaos.Poll(c.ctx, 10*time.Second, 50*time.Millisecond, func() error {
+		for _, m := range mb[1:] {
+			if d := chaos.DeliveryOf(m.Seqs(pub.ID), 0, total); d.InRange != int(total) || !d.Ordered {
+				return fmt.Errorf("member %d: %d of %d, ordered %v", m.ID, d.InRange, total, d.Ordered)
+			}
+		}
+		return nil
+	})
+	c.check("b's own members miss nothing", err == nil, fmt.Sprintf("all %d messages, once, in order", total), "%s", errText(err))
+	for _, m := range append(append([]*chaos.Member{}, ma...), back...) {
+		if d := chaos.DeliveryOf(m.Seqs(pub.ID), 0, total); !d.Ordered {
+			bad += fmt.Sprintf("member %d out of order or duplicated; ", m.ID)
+		}
+	}
+	c.check("moved and new members: in order, no duplicate", bad == "", "strictly increasing sequence numbers", "%s", orOK(bad))
+	c.res.Note("%d messages published; a exited %.2fs after SIGTERM (engine timestamps)", total, es.took.Seconds())
+	leave(ma)
+	leave(mb)
+	leave(back)
 	c.finish(20*time.Second, 0)
 }
