@@ -160,13 +160,19 @@ func (b *Bus) natsOptions() []nats.Option {
 			b.log.Info("nats connected", "server", nc.ConnectedUrlRedacted())
 		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if b.stopped.Load() {
+				return // Close: the closed handler's business
+			}
 			b.log.Warn("nats disconnected: cross-replica messages are dropped until reconnected", "error", errString(err))
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			b.reconnects.Add(1)
 			b.log.Info("nats reconnected", "server", nc.ConnectedUrlRedacted())
 		}),
-		nats.ClosedHandler(func(*nats.Conn) { close(b.connClosed) }),
+		nats.ClosedHandler(func(*nats.Conn) {
+			b.log.Info("nats connection closed")
+			close(b.connClosed)
+		}),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 			if errors.Is(err, nats.ErrSlowConsumer) {
 				// Once per episode (nats.go resets it when the

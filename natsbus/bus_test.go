@@ -3,8 +3,12 @@ package natsbus
 import (
 	"fmt"
 	"net/http"
+	"strconv"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/lxzan/gws"
 
 	"github.com/wsd-dev/wsd/internal/wstest"
 	"github.com/wsd-dev/wsd/service"
@@ -212,4 +216,101 @@ func TestSubscriptionRelease(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// gatedSubscriber records what it is given; the message "block" holds
+// its Deliver (and so the topic's NATS subscription goroutine) until the
+// gate is opened, which only a test double can do: wsd's sessions never
+// block in Deliver.
+type gatedSubscriber struct {
+	gate chan struct{}
+	mu   sync.Mutex
+	got  []string
+}
+
+func (g *gatedSubscriber) Deliver(m *service.Outbound) {
+	g.mu.Lock()
+	g.got = append(g.got, string(m.Payload))
+	g.mu.Unlock()
+	if string(m.Payload) == "block" {
+		<-g.gate
+	}
+}
+
+func (g *gatedSubscriber) messages() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return append([]string(nil), g.got...)
+}
+
+// TestSlowConsumerBounded: messages from other replicas that wait for
+// local fan-out are bounded by pending_messages; the excess is dropped
+// and counted in bus_dropped_total, never buffered without limit, and
+// what is delivered keeps its order.
+func TestSlowConsumerBounded(t *testing.T) {
+	ns := startNATS(t, -1)
+	a := startReplica(t, "A", testBusConfig(ns))
+	cfg := testBusConfig(ns)
+	cfg.PendingMessages = 5
+	b := startReplica(t, "B", cfg)
+	g := &gatedSubscriber{gate: make(chan struct{})}
+	unsub := b.bus.Subscribe("room", g)
+	defer unsub()
+	opened := false
+	defer func() {
+		if !opened {
+			close(g.gate)
+		}
+	}()
+	i := 0
+	wstest.CheckFor(t, wait, 20*time.Millisecond, func() error {
+		if len(g.messages()) > 0 {
+			return nil
+		}
+		i++
+		a.bus.Publish("room", nil, gws.OpcodeText, []byte(fmt.Sprintf("probe %d", i)))
+		return fmt.Errorf("no probe delivered after %d", i)
+	})
+	// Probes still in flight arrive before "sync" (one publisher's order).
+	a.bus.Publish("room", nil, gws.OpcodeText, []byte("sync"))
+	wstest.CheckFor(t, wait, 10*time.Millisecond, func() error {
+		if got := g.messages(); got[len(got)-1] != "sync" {
+			return fmt.Errorf("sync not delivered yet: %q", got)
+		}
+		return nil
+	})
+	probes := len(g.messages())
+
+	const n = 200
+	a.bus.Publish("room", nil, gws.OpcodeText, []byte("block"))
+	for k := 1; k <= n; k++ {
+		a.bus.Publish("room", nil, gws.OpcodeText, []byte(strconv.Itoa(k)))
+	}
+	// Blocked, B holds at most pending_messages (+1 in nats.go's
+	// accounting); the rest must be dropped.
+	waitStats(t, b, fmt.Sprintf("at least %d dropped", n-cfg.PendingMessages-1), func(st service.Stats) bool {
+		return st.BusDroppedTotal >= int64(n-cfg.PendingMessages-1)
+	})
+	close(g.gate)
+	opened = true
+	var delivered []string
+	wstest.CheckFor(t, wait, 10*time.Millisecond, func() error {
+		delivered = g.messages()[probes+1:]
+		st := b.srv.Stats()
+		if int64(len(delivered))+st.BusDroppedTotal != n {
+			return fmt.Errorf("delivered %d + dropped %d, want %d", len(delivered), st.BusDroppedTotal, n)
+		}
+		return nil
+	})
+	last := 0
+	for _, m := range delivered {
+		k, _ := strconv.Atoi(m)
+		if k <= last {
+			t.Fatalf("delivered %q after %d: order broken (%q)", m, last, delivered)
+		}
+		last = k
+	}
+	if st := b.srv.Stats(); st.BusDroppedTotal < n-int64(cfg.PendingMessages)-1 || len(delivered) > cfg.PendingMessages+1 {
+		t.Fatalf("delivered %d, dropped %d: want at most %d held while blocked", len(delivered), st.BusDroppedTotal, cfg.PendingMessages+1)
+	}
 }

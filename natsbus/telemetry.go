@@ -2,7 +2,6 @@ package natsbus
 
 import (
 	"context"
-	"net/http"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -132,7 +131,24 @@ func (t *busTelemetry) unregister() error { return t.reg.Unregister() }
 
 // inject writes sc as W3C traceparent/tracestate headers.
 func (t *busTelemetry) inject(sc trace.SpanContext, h nats.Header) {
-	t.prop.Inject(trace.ContextWithSpanContext(context.Background(), sc), propagation.HeaderCarrier(http.Header(h)))
+	t.prop.Inject(trace.ContextWithSpanContext(context.Background(), sc), headerCarrier(h))
+}
+
+// headerCarrier is a propagation.TextMapCarrier on NATS headers. NATS
+// header names are case-sensitive, so the W3C names are kept as the
+// propagator writes them ("traceparent"), which is what other NATS
+// clients' OpenTelemetry instrumentation reads and writes;
+// propagation.HeaderCarrier would canonicalize them to "Traceparent".
+type headerCarrier nats.Header
+
+func (c headerCarrier) Get(key string) string { return nats.Header(c).Get(key) }
+func (c headerCarrier) Set(key, value string) { nats.Header(c).Set(key, value) }
+func (c headerCarrier) Keys() []string {
+	keys := make([]string, 0, len(c))
+	for k := range c {
+		keys = append(keys, k)
+	}
+	return keys
 }
 
 // latency records a publish-to-delivery time; a negative one (the
@@ -150,7 +166,7 @@ func (t *busTelemetry) latency(d time.Duration) {
 // every replica, into one trace; Jaeger shows the link as a reference
 // to follow to the publisher.
 func (t *busTelemetry) deliverSpan(topic string, h nats.Header) (end func()) {
-	remote := trace.SpanContextFromContext(t.prop.Extract(context.Background(), propagation.HeaderCarrier(http.Header(h))))
+	remote := trace.SpanContextFromContext(t.prop.Extract(context.Background(), headerCarrier(h)))
 	if !remote.IsValid() {
 		return func() {}
 	}

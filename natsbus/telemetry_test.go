@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel/attribute"
 	noopmetric "go.opentelemetry.io/otel/metric/noop"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
@@ -139,4 +140,27 @@ func TestTelemetry(t *testing.T) {
 	if s := sumBy(t, ms, "wsd.bus.subscriptions", ""); s[""] != 1 {
 		t.Fatalf("wsd.bus.subscriptions %v, want 1", s)
 	}
+
+	// A message from another NATS client, with only a lowercase W3C
+	// traceparent (as OpenTelemetry's NATS instrumentation writes it) and
+	// none of wsd's headers, is delivered as text and linked too.
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	const ext = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+	if err := nc.PublishMsg(&nats.Msg{Subject: subject("wsd", "room"), Data: []byte("external"),
+		Header: nats.Header{"traceparent": {ext}}}); err != nil {
+		t.Fatal(err)
+	}
+	waitTexts(t, sub, "subscriber on B", []string{"traced", "external"})
+	wstest.CheckFor(t, wait, 10*time.Millisecond, func() error {
+		for _, s := range recB.Ended() {
+			if s.Name() == "ws.bus.deliver" && len(s.Links()) == 1 && s.Links()[0].SpanContext.TraceID().String() == "0af7651916cd43dd8448eb211c80319c" {
+				return nil
+			}
+		}
+		return fmt.Errorf("no ws.bus.deliver span linked to the external publisher's trace")
+	})
 }
