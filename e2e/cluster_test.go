@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -410,17 +411,13 @@ func TestClusterRollingRestart(t *testing.T) {
 		}
 		pubDone <- fmt.Errorf("publisher ran out of its bound")
 	}()
-	stopped := false
-	stopPub := func() {
-		if !stopped {
-			stopped = true
-			close(stop)
-			if err := <-pubDone; err != nil {
-				c.fatal("publisher: %v", err)
-			}
-		}
+	var stopOnce sync.Once
+	var pubErr error
+	stopPub := func() error {
+		stopOnce.Do(func() { close(stop); pubErr = <-pubDone })
+		return pubErr
 	}
-	defer stopPub()
+	defer func() { _ = stopPub() }()
 	// receivedAtLeast waits until every member in ms has a message with
 	// seq >= min from the publisher.
 	receivedPast := func(ms []*chaos.Member, min uint64, within time.Duration) error {
@@ -454,10 +451,10 @@ func TestClusterRollingRestart(t *testing.T) {
 				continue
 			}
 			if ended, code := m.Ended(); ended {
-				codes[code]++
 				if err := m.Reconnect(c.ctx, c.b.target.TopicURL(topic)); err != nil {
 					return err
 				}
+				codes[code]++
 				moved++
 			}
 		}
@@ -501,7 +498,9 @@ func TestClusterRollingRestart(t *testing.T) {
 	c.check("a back: subscribed on the bus again", err == nil, fmt.Sprintf("within %s", recoverWithin), "%s", errText(err))
 	err = receivedPast(back, sent.Load()+20, 15*time.Second)
 	c.check("a back: its new members receive b's messages", err == nil, "messages on every new member of a", "%s", errText(err))
-	stopPub()
+	if err := stopPub(); err != nil {
+		c.fatal("publisher: %v", err)
+	}
 
 	total := sent.Load()
 	err = nil
