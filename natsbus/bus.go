@@ -70,8 +70,13 @@ type Bus struct {
 	done       chan struct{} // run returned
 	connClosed chan struct{} // the client's closed handler ran
 	stopped    atomic.Bool
-	closeOnce  sync.Once
-	closeErr   error
+	// connected follows the client's connection callbacks (delivered in
+	// order): nc.IsConnected takes the client's lock, which a write to a
+	// stalled server holds for up to write_timeout, and /debug/stats
+	// must not wait for that.
+	connected atomic.Bool
+	closeOnce sync.Once
+	closeErr  error
 
 	published, received, reconnects        atomic.Int64
 	dropDisconnected, dropQueue, dropError atomic.Int64
@@ -129,7 +134,7 @@ func New(cfg Config, opts ...Option) (*Bus, error) {
 	if b.nc, err = nats.Connect(cfg.URL, b.natsOptions()...); err != nil {
 		// With RetryOnFailedConnect only option errors reach here
 		// (credentials, TLS files).
-		return nil, fmt.Errorf("nats: %w", err)
+		return nil, fmt.Errorf("connect: %w", err)
 	}
 	if b.tel, err = newBusTelemetry(b, o.tel); err != nil {
 		b.nc.Close()
@@ -157,19 +162,23 @@ func (b *Bus) natsOptions() []nats.Option {
 		nats.FlusherTimeout(c.WriteTimeout),
 		nats.DrainTimeout(c.DrainTimeout),
 		nats.ConnectHandler(func(nc *nats.Conn) {
+			b.connected.Store(true)
 			b.log.Info("nats connected", "server", nc.ConnectedUrlRedacted())
 		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			b.connected.Store(false)
 			if b.stopped.Load() {
 				return // Close: the closed handler's business
 			}
 			b.log.Warn("nats disconnected: cross-replica messages are dropped until reconnected", "error", errString(err))
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
+			b.connected.Store(true)
 			b.reconnects.Add(1)
 			b.log.Info("nats reconnected", "server", nc.ConnectedUrlRedacted())
 		}),
 		nats.ClosedHandler(func(*nats.Conn) {
+			b.connected.Store(false)
 			b.log.Info("nats connection closed")
 			close(b.connClosed)
 		}),
@@ -299,7 +308,7 @@ func (b *Bus) BusStats() service.BusStats {
 	n, slow := len(b.subs), b.slowDroppedLocked()
 	b.subMu.Unlock()
 	return service.BusStats{
-		Connected:     b.nc.IsConnected(),
+		Connected:     b.connected.Load(),
 		Subscriptions: n,
 		Published:     b.published.Load(),
 		Received:      b.received.Load(),
@@ -359,6 +368,9 @@ func (b *Bus) send(m outgoing) {
 		b.published.Add(1)
 	case errors.Is(err, nats.ErrReconnectBufExceeded), errors.Is(err, nats.ErrConnectionClosed),
 		errors.Is(err, nats.ErrConnectionDraining), errors.Is(err, nats.ErrConnectionReconnecting):
+		b.dropDisconnected.Add(1)
+	case !b.nc.IsConnected():
+		// The write failed because the connection just broke.
 		b.dropDisconnected.Add(1)
 	default:
 		// E.g. a message above the server's max_payload: the broker

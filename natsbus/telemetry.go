@@ -104,7 +104,7 @@ func newBusTelemetry(b *Bus, o telemetryOptions) (*busTelemetry, error) {
 	dErr, dSlow := set(keyDropReason.String("publish_error")), set(keyDropReason.String("slow_consumer"))
 	t.reg, err = m.RegisterCallback(func(_ context.Context, ob metric.Observer) error {
 		up := int64(0)
-		if b.nc.IsConnected() {
+		if b.connected.Load() {
 			up = 1
 		}
 		b.subMu.Lock()

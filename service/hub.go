@@ -8,10 +8,10 @@ import (
 )
 
 // Bus carries topic messages to subscribers. The in-process Hub delivers
-// within one replica; a broker-backed Bus (NATS, Redis) can carry
+// within one replica; a broker-backed Bus (natsbus: NATS) carries
 // publishes between replicas by implementing the same three methods,
-// without touching session code. Passing a nil Bus to WithBus keeps the
-// in-process Hub.
+// and optionally ContextPublisher and BusStatser, without touching
+// session code. Passing a nil Bus to WithBus keeps the in-process Hub.
 type Bus interface {
 	// Subscribe adds sub to topic. The returned function removes it; it
 	// is idempotent.
@@ -40,7 +40,8 @@ type BusStats struct {
 	// Connected is true while the broker connection is up.
 	Connected bool
 	// Subscriptions is the number of broker subscriptions: one per topic
-	// with at least one local subscriber.
+	// with at least one local subscriber. A Bus may apply changes in the
+	// background: it follows Counts shortly, not atomically.
 	Subscriptions int
 	// Totals since start: messages handed to the broker, messages
 	// received from it (other replicas' publishes), and messages lost on

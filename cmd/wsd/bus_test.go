@@ -4,11 +4,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 
 	"github.com/wsd-dev/wsd/internal/wstest"
 )
@@ -68,13 +72,53 @@ func TestBusWiring(t *testing.T) {
 			t.Errorf("/metrics lacks %s:\n%s", series, grepLines(body, "wsd_bus"))
 		}
 	}
-	conn, _ := wstest.DialGWS(t, "ws://"+p.public+"/ws/topics/room", true)
+	conn, client := wstest.DialGWS(t, "ws://"+p.public+"/ws/topics/room", true)
 	wstest.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
 		if st := p.busStats(t); st.Subscriptions != 1 {
 			return fmt.Errorf("bus stats %+v, want 1 broker subscription", st)
 		}
 		return nil
 	})
+	// A message from another replica (here a bare NATS client with wsd's
+	// headers) is fanned out and timed: every wsd_bus_* family exists.
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = nc.PublishMsg(&nats.Msg{Subject: "wsd.t.room", Data: []byte("remote"), Header: nats.Header{
+		"Wsd-Opcode": {"text"}, "Wsd-Sent": {strconv.FormatInt(time.Now().UnixNano(), 10)},
+	}})
+	if err == nil {
+		err = nc.Flush()
+	}
+	nc.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wstest.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+		if n := client.Count(); n != 1 {
+			return fmt.Errorf("subscriber received %d messages, want the remote one", n)
+		}
+		return nil
+	})
+	_, body = p.metrics(t)
+	served := map[string]bool{}
+	for _, line := range strings.Split(body, "\n") {
+		if rest, ok := strings.CutPrefix(line, "# TYPE "); ok && strings.HasPrefix(rest, "wsd_bus_") {
+			served[strings.Fields(rest)[0]] = true
+		}
+	}
+	documented := readmeBusMetrics(t)
+	for name := range documented {
+		if !served[name] {
+			t.Errorf("README bus metric %s is not served on /metrics", name)
+		}
+	}
+	for name := range served {
+		if !documented[name] {
+			t.Errorf("/metrics serves %s, missing from the README bus metrics table", name)
+		}
+	}
 	if err := conn.WriteString("hello"); err != nil {
 		t.Fatal(err)
 	}
@@ -110,4 +154,28 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// readmeBusMetrics returns the Prometheus names of the metrics table in
+// the README's "Running several replicas" section.
+func readmeBusMetrics(t *testing.T) map[string]bool {
+	t.Helper()
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatalf("read README: %v", err)
+	}
+	_, section, ok := strings.Cut(string(b), "\n## Running several replicas\n")
+	if !ok {
+		t.Fatal("README has no Running several replicas section")
+	}
+	section, _, _ = strings.Cut(section, "\n## ")
+	row := regexp.MustCompile("(?m)^\\| `wsd\\.bus\\.[a-z_.]+` \\| `([a-z0-9_]+)` \\|")
+	names := map[string]bool{}
+	for _, m := range row.FindAllStringSubmatch(section, -1) {
+		names[m[1]] = true
+	}
+	if len(names) < 6 {
+		t.Fatalf("found %d bus metric rows in the README, want the whole table", len(names))
+	}
+	return names
 }
