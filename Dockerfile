@@ -22,8 +22,13 @@
 FROM scratch AS prebuilt
 COPY bin/wsd /wsd
 USER 65534:65534
+# wsd's admin listener defaults to 127.0.0.1:9090, unreachable from
+# outside a container: the image listens on every interface and leaves
+# access to port publishing and the network. The admin port has no
+# authentication; /debug/pprof/ stays off unless WSD_ADMIN__PPROF=true.
+ENV WSD_ADMIN_LISTEN=:9090
 # 8080: public WebSocket listener; 9090: admin (/healthz, /readyz,
-# /debug/stats, /metrics, /debug/pprof).
+# /debug/stats, /metrics).
 EXPOSE 8080 9090
 # scratch has no shell or curl: the binary probes its own admin /healthz.
 HEALTHCHECK --interval=10s --timeout=4s --start-period=5s --retries=3 CMD ["/wsd", "healthcheck"]
@@ -52,6 +57,7 @@ ENTRYPOINT ["/wschaos"]
 FROM scratch AS runtime
 COPY --from=build /out/wsd /wsd
 USER 65534:65534
+ENV WSD_ADMIN_LISTEN=:9090
 EXPOSE 8080 9090
 HEALTHCHECK --interval=10s --timeout=4s --start-period=5s --retries=3 CMD ["/wsd", "healthcheck"]
 ENTRYPOINT ["/wsd"]

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -73,6 +74,48 @@ func Abuse(ctx context.Context, t Target, cfg AbuseConfig) []Invariant {
 			return err
 		}, 1002),
 		closeCase("reserved opcode 0x3", func(c *Conn) error { return c.WriteFrame(true, 0x3, []byte("x")) }, 1002),
+		closeCase("64-bit length with the top bit set (the 14-byte crash frame)", func(c *Conn) error {
+			_, err := c.NetConn().Write(CrashFrame)
+			return err
+		}, 1002),
+		closeCase("the 14-byte crash frame as a continuation", func(c *Conn) error {
+			if err := c.WriteFrame(false, OpBinary, []byte("start")); err != nil {
+				return err
+			}
+			_, err := c.NetConn().Write(append([]byte{0x80}, CrashFrame[1:]...))
+			return err
+		}, 1002),
+		cas{"the 14-byte crash frame on a topic", "close 1002", func() (string, bool) {
+			code, err := abuseFrame(ctx, t.TopicURL("abuse"), func(c *Conn) error {
+				_, err := c.NetConn().Write(CrashFrame)
+				return err
+			})
+			if err != nil {
+				return err.Error(), false
+			}
+			return fmt.Sprintf("close %d", code), code == 1002
+		}},
+		closeCase("5 bytes declared in the 8-byte length form", func(c *Conn) error {
+			_, err := c.NetConn().Write([]byte{0x82, 0x80 | 127, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 'h', 'e', 'l', 'l', 'o'})
+			return err
+		}, 1002),
+		cas{"text, RSV2 frame and ping in one write", "the text echoed, then close 1002", func() (string, bool) {
+			c, err := Dial(ctx, t.EchoURL())
+			if err != nil {
+				return err.Error(), false
+			}
+			defer c.Close()
+			b := append(maskedText("Hello"), 0xa1, 0x80, 0, 0, 0, 0) // text with RSV2, empty
+			b = append(b, 0x89, 0x80, 0, 0, 0, 0)                    // ping
+			if _, err := c.NetConn().Write(b); err != nil {
+				return err.Error(), false
+			}
+			code, msgs, err := c.ReadUntilClose(10 * time.Second)
+			if code == 0 {
+				return fmt.Sprintf("no close frame: %v", err), false
+			}
+			return fmt.Sprintf("%d echoed, then close %d", msgs, code), msgs == 1 && code == 1002
+		}},
 		closeCase("fragmented ping", func(c *Conn) error { return c.WriteFrame(false, OpPing, []byte("x")) }, 1002),
 	)
 	statusCase := func(name string, path string, header map[string]string, want int) cas {
@@ -104,6 +147,46 @@ func Abuse(ctx context.Context, t Target, cfg AbuseConfig) []Invariant {
 		statusCase("invalid topic name", "/ws/topics/"+url.PathEscape("no spaces!"), good, 400),
 		statusCase("topic name over 128 characters", "/ws/topics/"+strings.Repeat("t", 129), good, 400),
 	)
+	// Hostile handshakes: each would be a 101 to a lax server.
+	rawCase := func(name, req string) cas {
+		return cas{name, "HTTP 400", func() (string, bool) {
+			st, _, err := rawRequest(ctx, t.WS, req)
+			if err != nil {
+				return err.Error(), false
+			}
+			return fmt.Sprintf("HTTP %d", st), st == 400
+		}}
+	}
+	// A request body that is a WebSocket frame: a server that parses it
+	// as frames echoes it, and behind a proxy (which forwards it as the
+	// request's body) that is request smuggling.
+	smuggleCase := func(name, req string) cas {
+		return cas{name, "HTTP 400, nothing echoed", func() (string, bool) {
+			st, rest, err := rawRequest(ctx, t.WS, req)
+			if err != nil {
+				return err.Error(), false
+			}
+			echoed := strings.Contains(rest, "SMUGGLED")
+			return fmt.Sprintf("HTTP %d, echoed %v", st, echoed), st == 400 && !echoed
+		}}
+	}
+	upgradeHead := func(path, proto string, extra ...string) string {
+		return "GET " + path + " " + proto + "\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n" +
+			"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" + strings.Join(extra, "") + "\r\n"
+	}
+	frame := string(maskedText("SMUGGLED")) // 14 bytes
+	cases = append(cases,
+		statusCase("Sec-WebSocket-Key not base64 of 16 bytes", "/ws/echo", with("Sec-WebSocket-Key", strings.Repeat("!", 24)), 400),
+		rawCase("two Sec-WebSocket-Key headers", upgradeHead("/ws/echo", "HTTP/1.1", "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n")),
+		rawCase("two Sec-WebSocket-Version headers", upgradeHead("/ws/echo", "HTTP/1.1", "Sec-WebSocket-Version: 13\r\n")),
+		rawCase("HTTP/1.0 upgrade", upgradeHead("/ws/echo", "HTTP/1.0")),
+		smuggleCase("upgrade with a Content-Length body (a frame)", upgradeHead("/ws/echo", "HTTP/1.1", "Content-Length: 14\r\n")+frame),
+		smuggleCase("upgrade with a chunked body (a frame)",
+			upgradeHead("/ws/echo", "HTTP/1.1", "Transfer-Encoding: chunked\r\n")+"e\r\n"+frame+"\r\n0\r\n\r\n"),
+		statusCase("topic .", "/ws/topics/.", good, 400),
+		statusCase("topic ..", "/ws/topics/..", good, 400),
+		statusCase("topic %2e%2e", "/ws/topics/%2e%2e", good, 400),
+	)
 	if cfg.ForbiddenOrigin != "" {
 		cases = append(cases, statusCase("forbidden Origin", "/ws/echo", with("Origin", cfg.ForbiddenOrigin), 403))
 	}
@@ -127,6 +210,11 @@ func Abuse(ctx context.Context, t Target, cfg AbuseConfig) []Invariant {
 	return out
 }
 
+// CrashFrame is a binary frame whose 64-bit length has the top bit set:
+// gws v1.8.9 alone turns it into a negative length and panics, ending
+// the process; wsd must close the connection with 1002.
+var CrashFrame = []byte{0x82, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0x02, 0x03, 0x04}
+
 // abuseFrame connects, lets send misbehave, and returns the close code
 // the server answers with (an error if the connection ends without one).
 func abuseFrame(ctx context.Context, url string, send func(*Conn) error) (uint16, error) {
@@ -148,35 +236,64 @@ func abuseFrame(ctx context.Context, url string, send func(*Conn) error) (uint16
 // rawUpgrade sends an upgrade request with exactly the given headers and
 // returns the HTTP status.
 func rawUpgrade(ctx context.Context, base, path string, header map[string]string) (int, error) {
-	u, err := url.Parse(base)
-	if err != nil {
-		return 0, fmt.Errorf("parse %q: %w", base, err)
-	}
-	d := net.Dialer{Timeout: 5 * time.Second}
-	nc, err := d.DialContext(ctx, "tcp", u.Host)
-	if err != nil {
-		return 0, fmt.Errorf("dial: %w", err)
-	}
-	defer nc.Close()
-	_ = nc.SetDeadline(time.Now().Add(10 * time.Second))
 	var b strings.Builder
-	fmt.Fprintf(&b, "GET %s HTTP/1.1\r\nHost: %s\r\n", path, u.Host)
+	fmt.Fprintf(&b, "GET %s HTTP/1.1\r\nHost: {host}\r\n", path)
 	for k, v := range header {
 		fmt.Fprintf(&b, "%s: %s\r\n", k, v)
 	}
 	b.WriteString("\r\n")
-	if _, err := io.WriteString(nc, b.String()); err != nil {
-		return 0, fmt.Errorf("write: %w", err)
+	st, _, err := rawRequest(ctx, base, b.String())
+	return st, err
+}
+
+// rawRequest sends req ("{host}" replaced by base's host:port) on a new
+// connection and returns the response status and, for a refusal, what
+// the server sent after the status line until it closed (10 s at most;
+// after a 101, whatever arrives within 1 s, e.g. an echo).
+func rawRequest(ctx context.Context, base, req string) (int, string, error) {
+	u, err := url.Parse(base)
+	if err != nil {
+		return 0, "", fmt.Errorf("parse %q: %w", base, err)
+	}
+	d := net.Dialer{Timeout: 5 * time.Second}
+	nc, err := d.DialContext(ctx, "tcp", u.Host)
+	if err != nil {
+		return 0, "", fmt.Errorf("dial: %w", err)
+	}
+	defer nc.Close()
+	_ = nc.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(nc, strings.ReplaceAll(req, "{host}", u.Host)); err != nil {
+		return 0, "", fmt.Errorf("write: %w", err)
 	}
 	var status int
 	line := make([]byte, 12)
 	if _, err := io.ReadFull(nc, line); err != nil {
-		return 0, fmt.Errorf("read status: %w", err)
+		return 0, "", fmt.Errorf("read status: %w", err)
 	}
-	if _, err := fmt.Sscanf(string(line), "HTTP/1.1 %d", &status); err != nil {
-		return 0, fmt.Errorf("status line %q: %w", line, err)
+	// net/http answers an HTTP/1.0 request in HTTP/1.0.
+	if _, err := fmt.Sscanf(string(line[len("HTTP/1.x"):]), " %d", &status); err != nil || !strings.HasPrefix(string(line), "HTTP/1.") {
+		return 0, "", fmt.Errorf("status line %q: %v", line, err)
 	}
-	return status, nil
+	if status == 101 {
+		_ = nc.SetReadDeadline(time.Now().Add(time.Second))
+		rest, _ := io.ReadAll(nc)
+		return status, string(rest), nil
+	}
+	rest, err := io.ReadAll(nc)
+	if err != nil && !errors.Is(err, syscall.ECONNRESET) {
+		return status, string(rest), fmt.Errorf("after HTTP %d the server did not close: %w", status, err)
+	}
+	return status, string(rest), nil
+}
+
+// maskedText is one final, masked text frame (payload under 126 bytes).
+func maskedText(payload string) []byte {
+	mask := [4]byte{0x5a, 0x17, 0xc3, 0x08}
+	f := []byte{0x81, 0x80 | byte(len(payload)), mask[0], mask[1], mask[2], mask[3]}
+	for i := 0; i < len(payload); i++ {
+		f = append(f, payload[i]^mask[i%4])
+	}
+	return f
 }
 
 // slowloris opens n connections that send the request line and then one

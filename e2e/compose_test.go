@@ -92,6 +92,11 @@ func TestComposeFile(t *testing.T) {
 	if wsd.StopGracePeriod == nil || time.Duration(*wsd.StopGracePeriod) <= drain {
 		t.Errorf("wsd stop_grace_period %v, want longer than shutdown.drain_timeout %s", wsd.StopGracePeriod, drain)
 	}
+	// wsd's own default is loopback: compose must widen it, or neither
+	// the port mapping nor wschaos reaches the admin port.
+	if a := strings.Trim(opsConfigValue(t, string(out), "admin_listen"), `"'`); a != ":9090" {
+		t.Errorf("compose admin_listen %q, want :9090", a)
+	}
 	if p := opsConfigInt(t, string(out), "pause_bytes"); p != 131072 {
 		t.Errorf("compose backpressure.pause_bytes %d, want the demo's 131072 (the README table)", p)
 	}

@@ -116,6 +116,8 @@ type stackOpts struct {
 	conns int
 	// toxiproxy puts a Toxiproxy (proxy "wsd" → wsd:8080) in front.
 	toxiproxy bool
+	// memLimit, when > 0, replaces the memory bound computed from conns.
+	memLimit int64
 }
 
 // suiteConfig is what every scenario shrinks: one client address (the
@@ -149,6 +151,9 @@ type stack struct {
 	// clientAddrs are the addresses wsd sees clients connect from (the
 	// network gateway): they must never appear in /metrics.
 	clientAddrs []string
+	// started is the container state at the baseline: the process a
+	// scenario must end with.
+	started wsdcontainer.ExitState
 }
 
 var imgOnce struct {
@@ -195,6 +200,9 @@ func startStack(t *testing.T, name, description string, o stackOpts) *stack {
 	applyConfig(t, &cfg, env)
 	conns := max(o.conns, 1)
 	bound := chaos.MemoryBound(conns, cfg.Backpressure, cfg.Limits.MaxMessageBytes)
+	if o.memLimit > 0 {
+		bound = o.memLimit
+	}
 
 	opts := []testcontainers.ContainerCustomizer{
 		network.WithNetwork([]string{"wsd"}, nw),
@@ -258,6 +266,9 @@ func startStack(t *testing.T, name, description string, o stackOpts) *stack {
 	if _, err := s.checker.Baseline(ctx, 10*time.Second); err != nil {
 		t.Fatalf("baseline: %v", err)
 	}
+	if s.started, err = wsd.ExitState(ctx); err != nil {
+		t.Fatalf("inspect wsd: %v", err)
+	}
 	s.checker.Start(ctx, 250*time.Millisecond)
 	t.Cleanup(func() { s.record() })
 	return s
@@ -318,6 +329,11 @@ func (s *stack) finish(quiet time.Duration, clientValues ...string) {
 	} else {
 		s.check("not OOM-killed", !st.OOMKilled, "OOMKilled=false", "OOMKilled=%v", st.OOMKilled)
 		s.check("wsd still running", st.Running, "running", "running=%v exit=%d", st.Running, st.ExitCode)
+		b := s.started
+		s.check("the same wsd process (no crash, no restart)",
+			st.Pid == b.Pid && st.RestartCount == b.RestartCount && st.StartedAt.Equal(b.StartedAt),
+			fmt.Sprintf("pid %d, restarts %d, started %s", b.Pid, b.RestartCount, b.StartedAt.Format(time.RFC3339Nano)),
+			"pid %d, restarts %d, started %s", st.Pid, st.RestartCount, st.StartedAt.Format(time.RFC3339Nano))
 	}
 	s.checkMetrics(clientValues)
 }

@@ -2,9 +2,12 @@ package service
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/pprof"
 	"runtime"
+	"strconv"
+	"time"
 )
 
 // Stats is the /debug/stats document. The chaos suite compares it with a
@@ -39,15 +42,22 @@ type Stats struct {
 	// Totals since start: fan-out messages dropped (slow_consumer:
 	// drop), slow consumers evicted with 1013, heartbeat timeouts,
 	// connections closed by the write watchdog (write_timeout),
-	// public connections answered 503 at accept (handshake cap or
-	// descriptor hard level), and connections closed at accept while
-	// shedding under EMFILE/ENFILE (both listeners).
+	// connections answered 503 at accept (public: handshake cap or
+	// descriptor hard level; admin: admin.max_connections), and
+	// connections closed at accept while shedding under EMFILE/ENFILE
+	// (both listeners).
 	DroppedTotal           int64 `json:"dropped_total"`
 	EvictedTotal           int64 `json:"evicted_total"`
 	HeartbeatTimeoutsTotal int64 `json:"heartbeat_timeouts_total"`
 	WriteTimeoutsTotal     int64 `json:"write_timeouts_total"`
 	RefusedAtAcceptTotal   int64 `json:"refused_at_accept_total"`
 	ShedTotal              int64 `json:"shed_total"`
+	// FrameTimeoutsTotal counts peers closed with 1008 for not finishing
+	// a message within limits.frame_timeout; PanicsTotal counts panics
+	// recovered on a connection's goroutines (each closed that one
+	// connection, the server kept serving).
+	FrameTimeoutsTotal int64 `json:"frame_timeouts_total"`
+	PanicsTotal        int64 `json:"panics_total"`
 	// The link to other replicas (bus.kind: nats, see BusStats):
 	// whether the broker connection is up, broker subscriptions (one per
 	// topic with a local subscriber), and totals of messages handed to
@@ -66,6 +76,8 @@ type Stats struct {
 // value is no load.
 type Load struct {
 	EchoConnections, TopicConnections, Paused, BufferedBytes int64
+	// Panics is PanicsTotal.
+	Panics int64
 }
 
 // Load returns the current load; safe to call often.
@@ -75,6 +87,7 @@ func (s *Server) Load() Load {
 		TopicConnections: s.counters.topic.Load(),
 		Paused:           s.load.paused.Load(),
 		BufferedBytes:    s.load.buffered.Load(),
+		Panics:           s.counters.panics.Load(),
 	}
 }
 
@@ -99,6 +112,8 @@ func (s *Server) Stats() Stats {
 		EvictedTotal:           s.counters.evicted.Load(),
 		HeartbeatTimeoutsTotal: s.counters.heartbeatTimeouts.Load(),
 		WriteTimeoutsTotal:     s.counters.writeTimeouts.Load(),
+		FrameTimeoutsTotal:     s.counters.frameTimeouts.Load(),
+		PanicsTotal:            l.Panics,
 		BusConnected:           true,
 	}
 	if bs, ok := s.bus.(BusStatser); ok {
@@ -108,7 +123,7 @@ func (s *Server) Stats() Stats {
 	}
 	if s.publicLn != nil {
 		st.Handshakes = s.publicLn.handshakes.Load()
-		st.RefusedAtAcceptTotal = s.publicLn.refused.Load()
+		st.RefusedAtAcceptTotal = s.publicLn.refused.Load() + s.adminLn.refused.Load()
 		st.ShedTotal = s.publicLn.shed.Load() + s.adminLn.shed.Load()
 	}
 	if n, ok := countOpenFDs(); ok {
@@ -119,8 +134,8 @@ func (s *Server) Stats() Stats {
 	return st
 }
 
-// adminHandler serves /healthz, /readyz, /debug/stats, /debug/pprof/ and
-// the handlers added with WithAdminHandler.
+// adminHandler serves /healthz, /readyz, /debug/stats, /debug/pprof/
+// (when admin.pprof is set) and the handlers added with WithAdminHandler.
 func (s *Server) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -140,11 +155,54 @@ func (s *Server) adminHandler() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(s.Stats())
 	})
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	if s.cfg.Admin.Pprof {
+		limit := s.cfg.Admin.MaxProfileDuration
+		mux.Handle("GET /debug/pprof/", capSeconds(limit, deltaSeconds, http.HandlerFunc(pprof.Index)))
+		mux.Handle("GET /debug/pprof/profile", capSeconds(limit, profileSeconds, http.HandlerFunc(pprof.Profile)))
+		mux.Handle("GET /debug/pprof/trace", capSeconds(limit, traceSeconds, http.HandlerFunc(pprof.Trace)))
+	}
 	for pattern, h := range s.admin {
 		mux.Handle(pattern, h)
 	}
 	return mux
+}
+
+// capSeconds refuses (400) a profiling request that would run longer
+// than limit. secs is how long h runs for the request's seconds
+// parameter ("" when absent), parsed as h itself parses it: an
+// unparsable value must not slip through as 0 when h falls back to a
+// default of 30 s.
+func capSeconds(limit time.Duration, secs func(string) float64, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if d := secs(r.FormValue("seconds")); d > limit.Seconds() {
+			http.Error(w, fmt.Sprintf("wsd: a %gs profile exceeds admin.max_profile_duration (%s)", d, limit), http.StatusBadRequest)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// profileSeconds, traceSeconds and deltaSeconds mirror how
+// net/http/pprof's Profile, Trace and named-profile handlers read
+// seconds.
+func profileSeconds(v string) float64 {
+	if sec, err := strconv.ParseInt(v, 10, 64); err == nil && sec > 0 {
+		return float64(sec)
+	}
+	return 30
+}
+
+func traceSeconds(v string) float64 {
+	if sec, err := strconv.ParseFloat(v, 64); err == nil && sec > 0 {
+		return sec
+	}
+	return 1
+}
+
+// deltaSeconds: an unparsable value is refused by the handler itself.
+func deltaSeconds(v string) float64 {
+	if sec, err := strconv.ParseInt(v, 10, 64); err == nil && sec > 0 {
+		return float64(sec)
+	}
+	return 0
 }

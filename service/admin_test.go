@@ -28,7 +28,7 @@ func TestAdminHealthAndReadiness(t *testing.T) {
 		{"GET", "/readyz", 200, "ready\n"},
 		{"POST", "/healthz", 405, ""},
 		{"GET", "/nope", 404, ""},
-		{"GET", "/debug/pprof/", 200, ""},
+		{"GET", "/debug/pprof/", 404, ""}, // admin.pprof is off by default
 	} {
 		req, _ := http.NewRequest(tt.method, ts.adminURL(tt.path), nil)
 		resp, err := adminClient.Do(req)
@@ -47,8 +47,9 @@ func TestAdminHealthAndReadiness(t *testing.T) {
 var statsKeys = []string{
 	"buffered_bytes", "bus_connected", "bus_dropped_total", "bus_published_total", "bus_received_total",
 	"bus_subscriptions", "connections", "draining", "dropped_total", "echo_connections", "evicted_total",
-	"fd_limit", "goroutines", "handshakes", "heartbeat_timeouts_total", "ip_entries", "open_fds", "paused",
-	"refused_at_accept_total", "shed_total", "subscribers", "topic_connections", "topics", "write_timeouts_total",
+	"fd_limit", "frame_timeouts_total", "goroutines", "handshakes", "heartbeat_timeouts_total", "ip_entries",
+	"open_fds", "panics_total", "paused", "refused_at_accept_total", "shed_total", "subscribers",
+	"topic_connections", "topics", "write_timeouts_total",
 }
 
 // TestAdminStatsExact: /debug/stats has exactly the documented fields,

@@ -1,6 +1,7 @@
 package service
 
 import (
+	"encoding/base64"
 	"math"
 	"net/http"
 	"net/netip"
@@ -70,6 +71,11 @@ func (r *rejection) write(w http.ResponseWriter) {
 }
 
 // checkRequest validates a WebSocket upgrade request (RFC 6455 §4.2.1).
+// Beyond the RFC's list it refuses what a proxy in front of wsd could
+// read differently from wsd: a request body (the proxy would forward it
+// as the request's body, wsd would parse it as WebSocket frames: request
+// smuggling) and repeated Sec-WebSocket-Key or -Version headers (which
+// one counts is up to each reader).
 func checkRequest(r *http.Request) *rejection {
 	bad := func(msg string) *rejection {
 		return &rejection{reason: RejectBadRequest, status: http.StatusBadRequest, msg: msg}
@@ -77,16 +83,44 @@ func checkRequest(r *http.Request) *rejection {
 	switch {
 	case r.Method != http.MethodGet:
 		return bad("websocket upgrade requires GET")
+	case !r.ProtoAtLeast(1, 1):
+		return bad("websocket upgrade requires HTTP/1.1")
+	case r.ContentLength != 0 || len(r.TransferEncoding) > 0:
+		return bad("websocket upgrade request must not have a body")
 	case !headerHasToken(r.Header, "Connection", "upgrade"):
 		return bad("not a websocket upgrade: Connection header lacks upgrade")
 	case !headerHasToken(r.Header, "Upgrade", "websocket"):
 		return bad("not a websocket upgrade: Upgrade header lacks websocket")
+	case len(r.Header.Values("Sec-WebSocket-Version")) > 1:
+		return bad("more than one Sec-WebSocket-Version header")
 	case r.Header.Get("Sec-WebSocket-Version") != "13":
 		return bad("unsupported Sec-WebSocket-Version (want 13)")
-	case len(r.Header.Get("Sec-WebSocket-Key")) != 24:
-		return bad("missing or malformed Sec-WebSocket-Key")
+	case len(r.Header.Values("Sec-WebSocket-Key")) > 1:
+		return bad("more than one Sec-WebSocket-Key header")
+	case !validKey(r.Header.Get("Sec-WebSocket-Key")):
+		return bad("missing or malformed Sec-WebSocket-Key (want base64 of 16 bytes)")
 	}
 	return nil
+}
+
+// validKey: the key is the base64 encoding of 16 bytes (24 characters,
+// canonical padding), as RFC 6455 §4.1 requires of the client.
+func validKey(k string) bool {
+	if len(k) != 24 {
+		return false
+	}
+	var b [18]byte
+	n, err := base64.StdEncoding.Strict().Decode(b[:], []byte(k))
+	return err == nil && n == 16
+}
+
+// normaliseUpgradeHeaders rewrites Connection and Upgrade, which
+// checkRequest accepted as token lists over any number of header lines
+// (RFC 9110 §5.3), to the single values gws reads: gws looks at the
+// first line only, and wants Upgrade to be exactly "websocket".
+func normaliseUpgradeHeaders(h http.Header) {
+	h.Set("Connection", "Upgrade")
+	h.Set("Upgrade", "websocket")
 }
 
 func headerHasToken(h http.Header, name, token string) bool {

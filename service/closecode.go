@@ -1,6 +1,7 @@
 package service
 
 import (
+	"errors"
 	"net"
 	"sync/atomic"
 	"time"
@@ -18,8 +19,12 @@ const (
 	// CloseProtocolError is sent for an invalid close frame (reserved or
 	// out-of-range code, 1-byte payload) or another framing violation.
 	CloseProtocolError uint16 = 1002
-	// CloseInvalidPayload is sent for a text message that is not UTF-8.
+	// CloseInvalidPayload is sent for a text message that is not UTF-8,
+	// as soon as the bytes that make it invalid arrive.
 	CloseInvalidPayload uint16 = 1007
+	// ClosePolicyViolation is sent to a peer that did not finish a
+	// message within limits.frame_timeout.
+	ClosePolicyViolation uint16 = 1008
 	// CloseMessageTooBig is sent for a message over limits.max_message_bytes.
 	CloseMessageTooBig uint16 = 1009
 	// CloseInternalError is sent when handling a message panicked.
@@ -67,19 +72,6 @@ func ValidCloseCode(code uint16) bool {
 		return false
 	}
 	return true
-}
-
-// validCloseFrame reports whether a received close frame passes RFC 6455
-// §7.4: no payload at all, or a valid code and a UTF-8 reason. gws
-// reports a 1-byte payload as that byte's value, which is below 1000 and
-// so invalid. It reports both an empty payload and an explicit code 0 as
-// code 0; they differ in the reason slice: nil for an empty payload,
-// empty but non-nil after an explicit code.
-func validCloseFrame(code uint16, reason []byte) bool {
-	if code == 0 {
-		return reason == nil
-	}
-	return ValidCloseCode(code) && utf8.Valid(reason)
 }
 
 // CloseCodeLabel maps a close code to a bounded set of strings for metric
@@ -146,13 +138,14 @@ const closeLinger = 2 * time.Second
 // gwsConn is the net.Conn gws writes to and closes. It fills two gaps in
 // gws (v1.8):
 //
-//   - gws answers a close frame whose reason is not UTF-8 with 1007,
-//     where RFC 6455 §7.4 and wsd's contract say 1002 (the close frame
-//     itself is malformed). gws writes that answer as a single 4-byte
-//     frame (final close frame, 2-byte payload, no reason); no other
-//     close frame of gws or wsd is a bare 1007 (gws's 1007 for a non-UTF-8
-//     text message carries a reason), so that exact write is recognised
-//     and its code rewritten.
+//   - One close frame per connection. wsd answers the peer's close frame
+//     itself (control.go: gws's WriteClose cannot send an empty close
+//     frame or echo a code) and then calls WriteClose only to mark gws
+//     closed; several close paths may race. The first close frame is
+//     written, every later frame is dropped: nothing follows a close
+//     frame on the wire (RFC 6455 §5.5.1). gws writes each frame with
+//     one Write call, so a Write that starts with a close frame's first
+//     byte (FIN, opcode 8, unmasked from a server) is a close frame.
 //   - gws closes the socket as soon as it has written a close frame.
 //     Closing a socket with unread input makes the kernel send a reset,
 //     and a reset makes the peer's kernel discard what it has not read
@@ -170,18 +163,24 @@ const closeLinger = 2 * time.Second
 // fan-out message as sent or not.
 type gwsConn struct {
 	net.Conn
-	linger atomic.Int64 // time.Duration; 0: Close closes at once
-	broken atomic.Bool
+	linger    atomic.Int64 // time.Duration; 0: Close closes at once
+	broken    atomic.Bool
+	closeSent atomic.Bool
 }
 
-var (
-	bareClose1007 = [4]byte{0x88, 2, byte(CloseInvalidPayload >> 8), byte(CloseInvalidPayload & 0xff)}
-	bareClose1002 = [4]byte{0x88, 2, byte(CloseProtocolError >> 8), byte(CloseProtocolError & 0xff)}
-)
+// errAfterClose is the error of a write after the close frame.
+var errAfterClose = errors.New("write after the close frame")
 
 func (c *gwsConn) Write(p []byte) (int, error) {
-	if len(p) == len(bareClose1007) && [4]byte(p) == bareClose1007 {
-		p = bareClose1002[:]
+	if c.closeSent.Load() {
+		if len(p) > 0 && p[0] == 0x88 {
+			return len(p), nil // a second close frame: already closed
+		}
+		c.broken.Store(true)
+		return 0, errAfterClose
+	}
+	if len(p) > 0 && p[0] == 0x88 {
+		c.closeSent.Store(true)
 	}
 	n, err := c.Conn.Write(p)
 	if err != nil {

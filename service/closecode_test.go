@@ -146,13 +146,10 @@ func TestInvalidCloseFrames(t *testing.T) {
 }
 
 // TestValidCloseFrames: a valid close frame is answered and reported as
-// a client close. gws answers 3000–4999 with the same code (RFC 6455
-// §5.5.1: "typically echos the status code it received") and 1000–1013
-// with 1000; an empty close frame with an empty one. gws treats 1014
-// (registered with IANA after RFC 6455) as invalid and answers 1002,
-// although wsd's own check (and the log line) count it as valid: this
-// case pins that upstream behaviour so a gws upgrade that changes it is
-// noticed.
+// a client close. wsd answers 3000–4999 with the same code (RFC 6455
+// §5.5.1: "typically echos the status code it received") and 1000–1014
+// with 1000; an empty close frame with an empty one. 1014 (registered
+// with IANA after RFC 6455) is valid: gws alone answered it with 1002.
 func TestValidCloseFrames(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -169,7 +166,7 @@ func TestValidCloseFrames(t *testing.T) {
 		{"4999", closePayload(4999, "app"), 4999, 4999},
 		{"UTF-8 reason", closePayload(1000, "très bien ✓"), 1000, 1000},
 		{"empty", nil, 0, 0},
-		{"1014 (gws answers 1002)", closePayload(1014, ""), 1014, CloseProtocolError},
+		{"1014", closePayload(1014, ""), 1014, CloseNormal},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -12,7 +12,9 @@ import (
 // shrink them; change them only before calling DefaultConfig.
 var (
 	DefaultListen              = ":8080"
-	DefaultAdminListen         = ":9090"
+	DefaultAdminListen         = "127.0.0.1:9090"
+	DefaultAdminMaxConnections = 64
+	DefaultMaxProfileDuration  = 30 * time.Second
 	DefaultMaxConnections      = 10000
 	DefaultMaxConnectionsPerIP = 256
 	DefaultMaxHandshakes       = 1024
@@ -21,6 +23,8 @@ var (
 	DefaultFDHeadroom          = 0.10
 	DefaultMaxMessageBytes     = 64 << 10
 	DefaultHandshakeTimeout    = 5 * time.Second
+	DefaultFrameTimeout        = 10 * time.Second
+	DefaultMaxPartialBytes     = int64(64 << 20)
 	DefaultMessageRate         = 1000.0
 	DefaultMessageBurst        = 2000
 	DefaultWarnBytes           = int64(256 << 10)
@@ -50,17 +54,44 @@ type Config struct {
 	// Listen is the public address (WebSocket endpoints).
 	Listen string `koanf:"listen"`
 	// AdminListen is the admin address (/healthz, /readyz, /debug/stats,
-	// /metrics). It is a separate listener so that it keeps answering
-	// when the public one is saturated.
+	// /metrics, and /debug/pprof/ when Admin.Pprof is set). It is a
+	// separate listener so that it keeps answering when the public one
+	// is saturated. It has no authentication, so the default is
+	// loopback only: an exposed admin port tells anyone the server's
+	// load and, with pprof, its internals. Containers set ":9090" and
+	// rely on the network (port publishing, policies) instead.
 	AdminListen string `koanf:"admin_listen"`
 
-	// Limits, Backpressure, Heartbeat, Shutdown and Log are the
+	// Admin, Limits, Backpressure, Heartbeat, Shutdown and Log are the
 	// sections of the same names.
+	Admin        AdminConfig        `koanf:"admin"`
 	Limits       LimitsConfig       `koanf:"limits"`
 	Backpressure BackpressureConfig `koanf:"backpressure"`
 	Heartbeat    HeartbeatConfig    `koanf:"heartbeat"`
 	Shutdown     ShutdownConfig     `koanf:"shutdown"`
 	Log          LogConfig          `koanf:"log"`
+}
+
+// AdminConfig holds the admin listener's settings. The zero value is not
+// valid (the caps must be positive): start from DefaultConfig().Admin.
+type AdminConfig struct {
+	// Pprof mounts Go's profiles on /debug/pprof/ (GET only). Off by
+	// default: a goroutine dump (?debug=2) shows every connection's
+	// stack, a heap profile the program's internals, and a CPU profile
+	// or trace costs CPU while it runs.
+	Pprof bool `koanf:"pprof"`
+	// MaxProfileDuration caps the seconds parameter of /debug/pprof/
+	// requests (CPU profile, trace, delta profiles); above it they get
+	// 400. A CPU profile without seconds runs 30 s, so it is refused
+	// when the cap is lower. Stops one request from holding the
+	// process-wide profiler and an admin connection for as long as it
+	// asks (profile?seconds=600).
+	MaxProfileDuration time.Duration `koanf:"max_profile_duration"`
+	// MaxConnections caps open admin TCP connections; more are answered
+	// a canned 503 at accept and closed (counted in
+	// refused_at_accept_total). Stops a client of the unauthenticated
+	// admin port from holding descriptors and goroutines without bound.
+	MaxConnections int `koanf:"max_connections"`
 }
 
 // LimitsConfig holds the admission caps and per-connection input limits.
@@ -91,6 +122,19 @@ type LimitsConfig struct {
 	// HandshakeTimeout bounds reading the upgrade request headers.
 	// Stops slowloris clients that trickle headers.
 	HandshakeTimeout time.Duration `koanf:"handshake_timeout"`
+	// FrameTimeout bounds the time from a data message's first header
+	// byte to its last payload byte (all fragments); a peer slower than
+	// that is closed with 1008 "frame timeout". Time the server spends
+	// not reading (pause, shaping) does not count. Stops peers that send
+	// a header for a large frame and stall, pinning its buffer.
+	FrameTimeout time.Duration `koanf:"frame_timeout"`
+	// MaxPartialBytes is the process-wide budget for data messages being
+	// received: the declared sizes of messages over 4 KiB whose last
+	// byte has not arrived. A connection whose message does not fit
+	// waits, not reading, until the budget frees or FrameTimeout closes
+	// it. Stops thousands of peers from each pinning max_message_bytes
+	// with a stalled frame. Must be >= max_message_bytes.
+	MaxPartialBytes int64 `koanf:"max_partial_bytes"`
 	// AllowedOrigins, when non-empty, lists the accepted Origin values
 	// (scheme://host[:port], or "*"); others get 403. Stops cross-site
 	// WebSocket hijacking from browsers.
@@ -164,6 +208,10 @@ func DefaultConfig() Config {
 	return Config{
 		Listen:      DefaultListen,
 		AdminListen: DefaultAdminListen,
+		Admin: AdminConfig{
+			MaxProfileDuration: DefaultMaxProfileDuration,
+			MaxConnections:     DefaultAdminMaxConnections,
+		},
 		Limits: LimitsConfig{
 			MaxConnections:      DefaultMaxConnections,
 			MaxConnectionsPerIP: DefaultMaxConnectionsPerIP,
@@ -173,6 +221,8 @@ func DefaultConfig() Config {
 			FDHeadroom:          DefaultFDHeadroom,
 			MaxMessageBytes:     DefaultMaxMessageBytes,
 			HandshakeTimeout:    DefaultHandshakeTimeout,
+			FrameTimeout:        DefaultFrameTimeout,
+			MaxPartialBytes:     DefaultMaxPartialBytes,
 			AllowedOrigins:      []string{},
 			MessageRate:         DefaultMessageRate,
 			MessageBurst:        DefaultMessageBurst,
@@ -224,6 +274,8 @@ func (c Config) Validate() error {
 	if c.AdminListen == "" {
 		bad("admin_listen", "must not be empty")
 	}
+	positiveDur("admin.max_profile_duration", c.Admin.MaxProfileDuration)
+	positiveInt("admin.max_connections", c.Admin.MaxConnections)
 	l := c.Limits
 	positiveInt("limits.max_connections", l.MaxConnections)
 	positiveInt("limits.max_connections_per_ip", l.MaxConnectionsPerIP)
@@ -237,6 +289,10 @@ func (c Config) Validate() error {
 	}
 	positiveInt("limits.max_message_bytes", l.MaxMessageBytes)
 	positiveDur("limits.handshake_timeout", l.HandshakeTimeout)
+	positiveDur("limits.frame_timeout", l.FrameTimeout)
+	if l.MaxPartialBytes < int64(l.MaxMessageBytes) {
+		bad("limits.max_partial_bytes", "must be >= limits.max_message_bytes (%d), got %d", l.MaxMessageBytes, l.MaxPartialBytes)
+	}
 	for _, o := range l.AllowedOrigins {
 		if o == "*" {
 			continue

@@ -80,10 +80,10 @@ func (r *registry) len() int {
 }
 
 // tickInterval is the housekeeping period: fine enough to honour the
-// heartbeat settings and write_timeout (each is enforced within a
+// heartbeat settings, write_timeout and frame_timeout (each is enforced within a
 // quarter of itself, or 1s), coarse enough to cost nothing.
 func tickInterval(c *Config) time.Duration {
-	shortest := min(c.Heartbeat.PingInterval, c.Heartbeat.PongTimeout, c.Backpressure.WriteTimeout)
+	shortest := min(c.Heartbeat.PingInterval, c.Heartbeat.PongTimeout, c.Backpressure.WriteTimeout, c.Limits.FrameTimeout)
 	return min(max(shortest/4, 10*time.Millisecond), time.Second)
 }
 
@@ -121,6 +121,10 @@ func (srv *Server) heartbeat(s *session) {
 		// Paused reading is not idleness: the client may be sending
 		// all along; we are the ones not reading.
 		s.touch()
+		return
+	}
+	if st := s.msgStarted.Load(); st != 0 && time.Duration(now-st) > srv.cfg.Limits.FrameTimeout {
+		s.frameTimeout()
 		return
 	}
 	hb := srv.cfg.Heartbeat

@@ -57,10 +57,12 @@ type BusStatser interface {
 }
 
 // ValidTopic reports whether t is a valid topic name: 1–128 characters
-// of [A-Za-z0-9._-]. The Server refuses other names with 400, so a Bus
-// only ever sees valid ones.
+// of [A-Za-z0-9._-], other than "." and "..", which are path segments to
+// every URL resolver and proxy on the way (a proxy may forward
+// /ws/topics/.. as /ws/). The Server refuses other names with 400, so a
+// Bus only ever sees valid ones.
 func ValidTopic(t string) bool {
-	if len(t) == 0 || len(t) > 128 {
+	if len(t) == 0 || len(t) > 128 || t == "." || t == ".." {
 		return false
 	}
 	for i := 0; i < len(t); i++ {

@@ -28,6 +28,8 @@ type guardedListener struct {
 	pressure      *fdGuard // re-sampled when accept fails with EMFILE/ENFILE
 	maxHandshakes int64    // 0: no cap (admin)
 	handshakes    atomic.Int64
+	maxConns      int64        // admin: open connections cap; 0: none
+	conns         atomic.Int64 // admin: open connections
 	refused       atomic.Int64 // closed at accept (caps)
 	shed          atomic.Int64 // closed at accept (EMFILE)
 	log           *slog.Logger
@@ -80,7 +82,16 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 		}
 		backoff = 0
 		if l.fd == nil {
-			return c, nil
+			if l.maxConns == 0 {
+				return c, nil
+			}
+			if l.conns.Add(1) > l.maxConns {
+				l.conns.Add(-1)
+				l.refused.Add(1)
+				refuse(c)
+				continue
+			}
+			return &countedConn{Conn: c, n: &l.conns}, nil
 		}
 		l.fd.public.Add(1)
 		tc := &trackedConn{Conn: c, l: l}
@@ -176,6 +187,22 @@ func (c *trackedConn) Close() error {
 	if c.closed.CompareAndSwap(false, true) {
 		c.upgraded()
 		c.l.fd.public.Add(-1)
+	}
+	return err
+}
+
+// countedConn keeps the admin listener's open-connection count exact:
+// Close decrements it once.
+type countedConn struct {
+	net.Conn
+	n      *atomic.Int64
+	closed atomic.Bool
+}
+
+func (c *countedConn) Close() error {
+	err := c.Conn.Close()
+	if c.closed.CompareAndSwap(false, true) {
+		c.n.Add(-1)
 	}
 	return err
 }

@@ -109,8 +109,9 @@ func (b *borrowingReader) copyOut(p []byte) int {
 	return n
 }
 
-// frameReader returns the reader gws reads frames from: a small
-// bufio.Reader over a borrowingReader on the raw socket.
+// newBorrowingReader returns a borrowingReader on nc's socket that first
+// yields the bytes buffered in hr. gws reads it through the frame guard
+// and a small bufio.Reader (frameHeadBuffer).
 //
 // net/http's reader is not kept: it reads through net/http's
 // per-connection state (a mutex and bookkeeping on every read) and keeps
@@ -121,12 +122,6 @@ func (b *borrowingReader) copyOut(p []byte) int {
 // Reads bypass trackedConn (it only counts Close): an extra call frame
 // on the read path pushed the stack of every idle read loop, parked in
 // that call, from 2 KiB to 4 KiB.
-func frameReader(nc net.Conn, hr *bufio.Reader) *bufio.Reader {
-	return bufio.NewReaderSize(newBorrowingReader(nc, hr), frameHeadBuffer)
-}
-
-// newBorrowingReader returns a borrowingReader on nc's socket that first
-// yields the bytes buffered in hr.
 func newBorrowingReader(nc net.Conn, hr *bufio.Reader) io.Reader {
 	if tc, ok := nc.(*trackedConn); ok {
 		nc = tc.Conn

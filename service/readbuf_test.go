@@ -78,7 +78,7 @@ func TestFrameReaderStream(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			br := frameReader(srv, hr)
+			br := testFrameReader(srv, hr)
 			var got []byte
 			sizes := []int{2, 8, 4, 125, 1024, frameReadBuffer, 3 * frameReadBuffer, 7}
 			for i := 0; ; i++ {
@@ -156,7 +156,7 @@ func TestBorrowingReaderIdleHoldsNoBuffer(t *testing.T) {
 func TestBorrowingReaderErrors(t *testing.T) {
 	t.Run("reset", func(t *testing.T) {
 		srv, cli := tcpPair(t)
-		br := frameReader(srv, bufio.NewReader(strings.NewReader("")))
+		br := testFrameReader(srv, bufio.NewReader(strings.NewReader("")))
 		_ = cli.SetLinger(0)
 		_ = cli.Close()
 		_, err := br.ReadByte()
@@ -170,7 +170,7 @@ func TestBorrowingReaderErrors(t *testing.T) {
 	})
 	t.Run("closed", func(t *testing.T) {
 		srv, _ := tcpPair(t)
-		br := frameReader(srv, bufio.NewReader(strings.NewReader("")))
+		br := testFrameReader(srv, bufio.NewReader(strings.NewReader("")))
 		_ = srv.Close()
 		if _, err := br.ReadByte(); !errors.Is(err, net.ErrClosed) {
 			t.Fatalf("read on a closed socket: %v, want net.ErrClosed", err)
@@ -178,7 +178,7 @@ func TestBorrowingReaderErrors(t *testing.T) {
 	})
 	t.Run("deadline", func(t *testing.T) {
 		srv, _ := tcpPair(t)
-		br := frameReader(srv, bufio.NewReader(strings.NewReader("")))
+		br := testFrameReader(srv, bufio.NewReader(strings.NewReader("")))
 		_ = srv.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
 		_, err := br.ReadByte()
 		var ne net.Error
@@ -186,4 +186,10 @@ func TestBorrowingReaderErrors(t *testing.T) {
 			t.Fatalf("read past the deadline: %v, want a timeout", err)
 		}
 	})
+}
+
+// testFrameReader is the reader chain below the frame guard: a small
+// bufio.Reader over a borrowingReader, as gws sees it.
+func testFrameReader(nc net.Conn, hr *bufio.Reader) *bufio.Reader {
+	return bufio.NewReaderSize(newBorrowingReader(nc, hr), frameHeadBuffer)
 }

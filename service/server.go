@@ -5,6 +5,7 @@
 package service
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,11 +43,16 @@ type Server struct {
 		echo, topic                      atomic.Int64
 		dropped, evicted                 atomic.Int64
 		heartbeatTimeouts, writeTimeouts atomic.Int64
+		frameTimeouts, panics            atomic.Int64
 	}
 	clock    atomic.Int64 // coarse time, advanced by housekeeping
 	nextID   atomic.Uint64
 	wg       sync.WaitGroup // one per live session
+	partial  *partialBudget
 	testHook func(*session, *gws.Message)
+	// testReadHook runs on every read of the frame guard (tests inject
+	// panics into the read path with it).
+	testReadHook func(*session)
 
 	ready     chan struct{}
 	publicLn  *guardedListener
@@ -100,13 +107,17 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 	s.fd = newFDGuard(cfg.Limits.FDHeadroom)
 	s.adm = newAdmission(&s.cfg.Limits, s.fd)
 	s.sessions = newRegistry()
+	s.partial = newPartialBudget(cfg.Limits.MaxPartialBytes)
 	s.clock.Store(time.Now().UnixNano())
 	s.upgrader = gws.NewUpgrader(handler{srv: s}, &gws.ServerOption{
 		ReadMaxPayloadSize:  cfg.Limits.MaxMessageBytes,
 		WriteMaxPayloadSize: cfg.Limits.MaxMessageBytes,
-		CheckUtf8Enabled:    true,
-		HandshakeTimeout:    cfg.Limits.HandshakeTimeout,
-		Logger:              gwsLogger{s.log},
+		// The frame guard validates UTF-8 as text arrives (and fails
+		// fast); gws checking again on read and on every echo write
+		// would only cost CPU.
+		CheckUtf8Enabled: false,
+		HandshakeTimeout: cfg.Limits.HandshakeTimeout,
+		Logger:           gwsLogger{s.log},
 		// Each connection gets its own storage slot, set before ReadLoop.
 		NewSession: func() gws.SessionStorage { return &sessionSlot{} },
 	})
@@ -133,6 +144,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.publicLn = newGuardedListener(pl, s.fd, s.cfg.Limits.MaxHandshakes, s.log, s.obs.AcceptError)
 	s.adminLn = newGuardedListener(al, nil, 0, s.log, s.obs.AcceptError)
 	s.publicLn.pressure, s.adminLn.pressure = s.fd, s.fd
+	s.adminLn.maxConns = int64(s.cfg.Admin.MaxConnections)
 
 	errLog := slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)
 	hs := s.cfg.Limits.HandshakeTimeout
@@ -142,6 +154,9 @@ func (s *Server) Serve(ctx context.Context) error {
 		IdleTimeout:       hs, // keep-alive conns that never upgrade
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          errLog,
+		// "OPTIONS *" would get net/http's own 200: every answer
+		// here is an upgrade or an error (publicHandler).
+		DisableGeneralOptionsHandler: true,
 	}
 	s.adminSrv = &http.Server{
 		Handler:           s.adminHandler(),
@@ -251,22 +266,43 @@ func (s *Server) stopPublic(ctx context.Context) {
 	_ = s.publicSrv.Shutdown(ctx)
 }
 
-// publicHandler routes the WebSocket endpoints.
+// publicHandler routes the WebSocket endpoints. It routes by hand rather
+// than with a ServeMux: a mux answers a path with . or .. segments with
+// a redirect to the cleaned path (a 307 that a WebSocket client cannot
+// follow, hiding the real error), yet passes /ws/topics/%2e%2e to the
+// handler decoded as "..". Here every request is an upgrade, a 400 or a
+// 404.
 func (s *Server) publicHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/ws/echo", func(w http.ResponseWriter, r *http.Request) {
-		s.upgrade(w, r, EndpointEcho, "")
-	})
-	mux.HandleFunc("/ws/topics/", func(w http.ResponseWriter, r *http.Request) {
-		topic := r.URL.Path[len("/ws/topics/"):]
-		if !ValidTopic(topic) {
-			s.reject(w, r, &rejection{reason: RejectBadRequest, status: http.StatusBadRequest,
-				msg: "topic must be 1-128 characters of [A-Za-z0-9._-]"})
-			return
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := r.URL.Path
+		switch {
+		case p == "/ws/echo" && r.URL.EscapedPath() == p:
+			s.upgrade(w, r, EndpointEcho, "")
+		case strings.HasPrefix(p, topicPrefix):
+			topic, ok := requestTopic(r)
+			if !ok {
+				s.reject(w, r, &rejection{reason: RejectBadRequest, status: http.StatusBadRequest,
+					msg: "topic must be 1-128 characters of [A-Za-z0-9._-], not . or .., and not percent-encoded"})
+				return
+			}
+			s.upgrade(w, r, EndpointTopic, topic)
+		default:
+			http.NotFound(w, r)
 		}
-		s.upgrade(w, r, EndpointTopic, topic)
 	})
-	return mux
+}
+
+const topicPrefix = "/ws/topics/"
+
+// requestTopic returns the topic named by a /ws/topics/ request. The
+// topic is checked in its decoded form and must be spelled the same in
+// the raw request target: a valid topic needs no escaping, so an escaped
+// spelling (%2e%2e for .., %61 for a) is refused rather than decoded
+// into a name (or a path segment) the client did not write.
+func requestTopic(r *http.Request) (string, bool) {
+	topic, ok := strings.CutPrefix(r.URL.Path, topicPrefix)
+	raw, rawOK := strings.CutPrefix(r.URL.EscapedPath(), topicPrefix)
+	return topic, ok && rawOK && raw == topic && ValidTopic(topic)
 }
 
 func (s *Server) reject(w http.ResponseWriter, r *http.Request, rej *rejection) {
@@ -292,6 +328,21 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, ep Endpoint, to
 		s.reject(w, r, rej)
 		return
 	}
+	var nc net.Conn
+	var sess *session
+	defer s.recoverUpgrade(w, r, func() (hijacked bool) {
+		switch {
+		case sess != nil && sess.registered:
+			sess.abort(reasonInternalError, nil)
+			sess.finish(errors.New("panic during upgrade"))
+		case nc != nil:
+			_ = nc.Close()
+			s.adm.release(ip)
+		default:
+			s.adm.release(ip)
+		}
+		return nc != nil
+	})
 	nc, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		s.adm.release(ip)
@@ -299,18 +350,21 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, ep Endpoint, to
 		return
 	}
 	_ = nc.SetDeadline(time.Time{}) // net/http's header deadline no longer applies
+	normaliseUpgradeHeaders(r.Header)
 	gc := &gwsConn{Conn: nc}
-	conn, err := s.upgrader.UpgradeFromConn(gc, frameReader(nc, brw.Reader), r)
+	guard := newFrameGuard(newBorrowingReader(nc, brw.Reader), s.cfg.Limits.MaxMessageBytes)
+	conn, err := s.upgrader.UpgradeFromConn(gc, bufio.NewReaderSize(guard, frameHeadBuffer), r)
 	if err != nil {
 		s.adm.release(ip) // gws answered 400 and closed the socket
 		s.obs.UpgradeRejected(r.Context(), r, RejectBadRequest)
 		return
 	}
-	sess := &session{
+	sess = &session{
 		srv: s, id: s.nextID.Add(1), endpoint: ep, topic: topic, remote: remote,
 		conn: conn, nc: nc, gc: gc, opened: time.Now(), dying: make(chan struct{}),
-		buf: newSendBuffer(&s.cfg.Backpressure, &s.load, &s.clock),
+		buf: newSendBuffer(&s.cfg.Backpressure, &s.load, &s.clock), guard: guard,
 	}
+	guard.sess = sess
 	if lim := s.cfg.Limits; lim.MessageRate > 0 {
 		sess.limiter = rate.NewLimiter(rate.Limit(lim.MessageRate), lim.MessageBurst)
 	}
@@ -336,10 +390,11 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, ep Endpoint, to
 	}
 	s.log.LogAttrs(sess.ctx, slog.LevelDebug, "connection opened", slog.Uint64("conn_id", sess.id),
 		slog.String("remote", r.RemoteAddr), slog.String("endpoint", string(ep)))
-	go conn.ReadLoop()
+	go sess.readLoop()
 }
 
 func (s *Server) register(sess *session) {
+	sess.registered = true
 	s.wg.Add(1)
 	s.sessions.add(sess)
 	s.endpointCounter(sess.endpoint).Add(1)

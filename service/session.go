@@ -36,10 +36,15 @@ type session struct {
 	opened   time.Time
 	unsub    func()
 
+	guard       *frameGuard
 	lastSeen    atomic.Int64 // coarse clock (Server.now) of the last frame in
 	lastPing    atomic.Int64
-	pingPending atomic.Bool // a ping is queued: don't queue another
-	pongPending atomic.Bool // a pong is queued: answer only the latest ping
+	msgStarted  atomic.Int64 // coarse clock when the message being received started; 0: none
+	pingPending atomic.Bool  // a ping is queued: don't queue another
+	pongs       pongQueue
+	peerClose   *guardEnd // the peer's close frame, set by the read loop before finish
+	finished    atomic.Bool
+	registered  bool // set by Server.register, on the upgrade goroutine
 
 	msgsIn, bytesIn, msgsOut, bytesOut, dropped atomic.Int64
 
@@ -73,16 +78,7 @@ func (h handler) OnOpen(*gws.Conn) {}
 func (h handler) OnPing(c *gws.Conn, payload []byte) {
 	s := sessionOf(c)
 	s.touch()
-	// A client that floods pings without reading must not grow the
-	// queue: RFC 6455 §5.5.3 allows answering only the latest ping.
-	if !s.pongPending.CompareAndSwap(false, true) {
-		return
-	}
-	p := append([]byte(nil), payload...)
-	s.queueControl(func() error {
-		s.pongPending.Store(false)
-		return c.WritePong(p)
-	})
+	s.pongs.ping(s, payload)
 }
 
 func (h handler) OnPong(c *gws.Conn, _ []byte) { sessionOf(c).touch() }
@@ -91,6 +87,7 @@ func (h handler) OnMessage(c *gws.Conn, m *gws.Message) {
 	s := sessionOf(c)
 	defer func() {
 		if v := recover(); v != nil {
+			s.srv.counters.panics.Add(1)
 			s.srv.log.LogAttrs(s.ctx, slog.LevelError, "panic while handling a message; closing with 1011",
 				slog.Uint64("conn_id", s.id), slog.Any("panic", v))
 			s.closeWith(CloseInternalError, reasonInternalError, fmt.Errorf("panic: %v", v), closeLinger)
@@ -137,6 +134,7 @@ func (s *session) touch() { s.lastSeen.Store(s.srv.now()) }
 func (s *session) queueControl(write func() error) {
 	s.buf.addControl()
 	s.conn.Async(func() {
+		defer s.recoverWrite()
 		s.buf.doneControl(write() == nil)
 	})
 }
@@ -157,6 +155,7 @@ func (s *session) echo(m *gws.Message) {
 	s.obs.MessageQueued(int(n), total)
 	s.report(t, total)
 	s.conn.Async(func() {
+		defer s.recoverWrite()
 		err := s.conn.WriteMessage(m.Opcode, m.Bytes())
 		_ = m.Close()
 		s.written(n, err)
@@ -189,6 +188,7 @@ func (s *session) Deliver(m *Outbound) {
 		return
 	}
 	s.conn.Async(func() {
+		defer s.recoverWrite()
 		// gws reports a failed broadcast write only by closing the
 		// connection, and skips writes to a closed one.
 		var err error
@@ -254,6 +254,7 @@ func (s *session) waitWhilePaused() {
 	select {
 	case <-resume:
 		s.touch() // the pause was not idleness
+		s.notReading()
 	case <-s.dying:
 	case <-t.C:
 		s.closeWith(CloseTryAgainLater, reasonPausedTooLong, nil, 0)
@@ -282,7 +283,17 @@ func (s *session) shape() {
 	select {
 	case <-t.C:
 		s.touch()
+		s.notReading()
 	case <-s.dying:
+	}
+}
+
+// notReading restarts the frame_timeout clock of a message in progress
+// after the read loop waited on wsd's side (pause, shaping): the peer
+// cannot finish a message we are not reading.
+func (s *session) notReading() {
+	if s.msgStarted.Load() != 0 {
+		s.msgStarted.Store(s.srv.now())
 	}
 }
 
@@ -369,22 +380,23 @@ func (s *session) heartbeatTimeout() {
 // finish runs once, when gws's read loop ends: it classifies the close,
 // releases every resource and logs one line.
 func (s *session) finish(err error) {
+	if !s.finished.CompareAndSwap(false, true) {
+		return // the read loop's panic net and gws's OnClose both end here
+	}
 	// Done last: Serve must not return (and the process exit) before the
 	// observer's Closed and the close log line of every session.
 	defer s.srv.wg.Done()
 	info := CloseInfo{Duration: time.Since(s.opened), Err: err}
-	var ce *gws.CloseError
 	s.endOnce.Do(func() { close(s.dying) }) // wakes a paused reader; no-op if closing
-	switch {
+	switch pc := s.peerClose; {
 	case s.endCode != 0 && s.endCode != closeAbnormal:
 		info.Code, info.Reason, info.Initiator, info.Err = s.endCode, s.endReason, InitiatorServer, s.endErr
 	case s.endCode == closeAbnormal:
 		info.Code, info.Reason, info.Initiator, info.Err = closeAbnormal, s.endReason, InitiatorAbnormal, s.endErr
-	case errors.As(err, &ce):
-		valid := validCloseFrame(ce.Code, ce.Reason)
-		s.obs.CloseReceived(ce.Code, valid)
-		info.Code, info.Reason, info.Initiator, info.Err = ce.Code, string(ce.Reason), InitiatorClient, nil
-		if !valid {
+	case pc != nil:
+		s.obs.CloseReceived(pc.peerCode, pc.valid)
+		info.Code, info.Reason, info.Initiator, info.Err = pc.peerCode, string(pc.peerText), InitiatorClient, nil
+		if !pc.valid {
 			info.Err = errInvalidCloseFrame
 		}
 	default:
@@ -397,6 +409,7 @@ func (s *session) finish(err error) {
 	info.Dropped = s.dropped.Load()
 
 	_ = s.nc.Close() // gws closes it on every path; this makes it explicit
+	s.guard.release()
 	s.buf.close()
 	s.srv.unregister(s)
 	s.obs.Closed(info)

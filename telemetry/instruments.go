@@ -70,6 +70,7 @@ type instruments struct {
 	messageSize, bufferDepth                   metric.Int64Histogram
 	sessionDuration                            metric.Float64Histogram
 	active, paused, buffered, fdCount, fdLimit metric.Int64Observable
+	panics                                     metric.Int64ObservableCounter
 
 	meter  metric.Meter
 	eps    [2]endpointOpts    // [0] echo, [1] topic
@@ -167,6 +168,10 @@ func newInstruments(m metric.Meter) (*instruments, error) {
 	in.active = gauge("wsd.connections.active", "{connection}", "WebSocket connections open now, by endpoint.")
 	in.paused = gauge("wsd.connections.paused", "{connection}", "Connections whose reading is paused by backpressure now.")
 	in.buffered = gauge("wsd.send_buffer.usage", "By", "Bytes accepted for sending and not yet written, all connections.")
+	var perr error
+	in.panics, perr = m.Int64ObservableCounter("wsd.panics", metric.WithUnit("{panic}"),
+		metric.WithDescription("Panics recovered on a connection's goroutines (read loop, write jobs, upgrade, message handling); each closed only its connection. Read from the server's own counter (panics_total)."))
+	errs = append(errs, perr)
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -264,8 +269,8 @@ type LoadSource interface {
 }
 
 // Watch registers the gauges that read the server's live load —
-// wsd.connections.active, wsd.connections.paused and
-// wsd.send_buffer.usage — on every collection. Call it once per server,
+// wsd.connections.active, wsd.connections.paused,
+// wsd.send_buffer.usage and the wsd.panics counter — on every collection. Call it once per server,
 // after service.New; Shutdown unregisters it. It fails only if the meter
 // refuses the callback.
 func (t *Telemetry) Watch(src LoadSource) error {
@@ -277,8 +282,9 @@ func (t *Telemetry) Watch(src LoadSource) error {
 		o.ObserveInt64(in.active, l.TopicConnections, metric.WithAttributeSet(topic))
 		o.ObserveInt64(in.paused, l.Paused)
 		o.ObserveInt64(in.buffered, l.BufferedBytes)
+		o.ObserveInt64(in.panics, l.Panics)
 		return nil
-	}, in.active, in.paused, in.buffered)
+	}, in.active, in.paused, in.buffered, in.panics)
 	if err != nil {
 		return err
 	}

@@ -74,8 +74,10 @@ func Run(ctx context.Context, img string, opts ...testcontainers.ContainerCustom
 		testcontainers.WithExposedPorts(PublicPort, AdminPort),
 		// Found by images.RemoveOrphans if this process dies uncleanly.
 		testcontainers.WithLabels(images.SessionLabels()),
-		// JSON logs at info: the suite reads them on failure.
-		testcontainers.WithEnv(map[string]string{"WSD_LOG__LEVEL": "info"}),
+		// JSON logs at info: the suite reads them on failure. The
+		// admin listener on every interface of the container (wsd's
+		// default is loopback), set here too so that any image works.
+		testcontainers.WithEnv(map[string]string{"WSD_LOG__LEVEL": "info", "WSD_ADMIN_LISTEN": ":9090"}),
 		testcontainers.WithWaitStrategy(wait.ForHTTP("/healthz").WithPort(AdminPort).
 			WithStartupTimeout(30 * time.Second).WithPollInterval(100 * time.Millisecond)),
 	}, opts...)
@@ -197,6 +199,11 @@ type ExitState struct {
 	// StartedAt and FinishedAt are the engine's timestamps (FinishedAt is
 	// zero while running).
 	StartedAt, FinishedAt time.Time
+	// Pid is the wsd process's host PID (0 when not running);
+	// RestartCount is how often the engine restarted the container. A
+	// scenario that ends with either changed has lost the process it
+	// started with: wsd crashed, even if something brought it back.
+	Pid, RestartCount int
 }
 
 // ExitState returns the container's run state, including Docker's OOMKilled
@@ -207,7 +214,7 @@ func (c *Container) ExitState(ctx context.Context) (ExitState, error) {
 		return ExitState{}, fmt.Errorf("wsd container: inspect: %w", err)
 	}
 	s := insp.Container.State
-	es := ExitState{Running: s.Running, ExitCode: s.ExitCode, OOMKilled: s.OOMKilled}
+	es := ExitState{Running: s.Running, ExitCode: s.ExitCode, OOMKilled: s.OOMKilled, Pid: s.Pid, RestartCount: insp.Container.RestartCount}
 	es.StartedAt, _ = time.Parse(time.RFC3339Nano, s.StartedAt)
 	es.FinishedAt, _ = time.Parse(time.RFC3339Nano, s.FinishedAt)
 	return es, nil

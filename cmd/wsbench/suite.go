@@ -196,10 +196,10 @@ var noTelemetryEnv = []string{"OTEL_METRICS_EXPORTER=none", "OTEL_TRACES_EXPORTE
 // benchmark that opens tens of thousands of connections from a few
 // loopback addresses in seconds: without this, the per-IP cap (429) and
 // the upgrade rate (429) would refuse the load, as they should in
-// production.
+// production. pprof is on: the closed-loop run takes a CPU profile.
 func wsdArgs() []string {
 	return []string{
-		"--listen={listen}", "--admin_listen={admin}",
+		"--listen={listen}", "--admin_listen={admin}", "--admin.pprof=true",
 		"--limits.max_connections=200000",
 		"--limits.max_connections_per_ip=200000",
 		"--limits.upgrade_rate=100000", "--limits.upgrade_burst=100000",

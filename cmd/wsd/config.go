@@ -321,7 +321,10 @@ func printConfig(w io.Writer, cfg appConfig) error {
 // keyHelp is the one-line description shown by --help.
 var keyHelp = map[string]string{
 	"listen":                        "public address (WebSocket endpoints)",
-	"admin_listen":                  "admin address (/healthz, /readyz, /debug/stats, /metrics)",
+	"admin_listen":                  "admin address (/healthz, /readyz, /debug/stats, /metrics, /debug/pprof/); no auth, loopback by default",
+	"admin.pprof":                   "serve Go profiles on the admin /debug/pprof/ (off: 404)",
+	"admin.max_profile_duration":    "longest profile or trace a /debug/pprof/ request may ask for (400 above)",
+	"admin.max_connections":         "open admin TCP connections (503 at accept above)",
 	"limits.max_connections":        "upgraded connections, process-wide (503 above)",
 	"limits.max_connections_per_ip": "upgraded connections per client address (429 above)",
 	"limits.max_handshakes":         "public TCP connections not yet upgraded (closed at accept above)",
@@ -330,6 +333,8 @@ var keyHelp = map[string]string{
 	"limits.fd_headroom":            "fraction of RLIMIT_NOFILE kept free (503 and /readyz 503 above)",
 	"limits.max_message_bytes":      "largest accepted message (close 1009 above)",
 	"limits.handshake_timeout":      "time to send the upgrade request headers (slowloris)",
+	"limits.frame_timeout":          "time from a data message's first byte to its last (close 1008 above)",
+	"limits.max_partial_bytes":      "process-wide budget for large messages still being received (bytes)",
 	"limits.allowed_origins":        "accepted Origin values, comma-separated; empty: any (403 otherwise)",
 	"limits.message_rate":           "inbound messages per second per connection, shaped (0: off)",
 	"limits.message_burst":          "inbound message token bucket size",

@@ -68,19 +68,22 @@ func TestConfigLayers(t *testing.T) {
 		want    map[string]string
 	}{
 		{"defaults", nil, nil, map[string]string{
-			"listen": ":8080", "admin_listen": ":9090", "backpressure.pause_bytes": "1048576",
+			"listen": ":8080", "admin_listen": "127.0.0.1:9090", "admin.pprof": "false", "admin.max_connections": "64",
+			"admin.max_profile_duration": "30s", "backpressure.pause_bytes": "1048576",
 			"backpressure.resume_bytes": "524288", "heartbeat.ping_interval": "25s", "backpressure.slow_consumer": "close",
 			"limits.max_connections": "10000", "shutdown.drain_timeout": "10s",
 		}},
 		{"file over defaults", []string{"--config", file}, nil, map[string]string{
 			"listen": ":7000", "backpressure.pause_bytes": "2000000", "backpressure.resume_bytes": "1000",
-			"heartbeat.ping_interval": "7s", "backpressure.slow_consumer": "drop", "admin_listen": ":9090",
+			"heartbeat.ping_interval": "7s", "backpressure.slow_consumer": "drop", "admin_listen": "127.0.0.1:9090",
 		}},
 		{"env over file", []string{"--config", file}, []string{"WSD_BACKPRESSURE__PAUSE_BYTES=3000000", "WSD_HEARTBEAT__PING_INTERVAL=9s", "UNRELATED=1"},
 			map[string]string{"listen": ":7000", "backpressure.pause_bytes": "3000000", "heartbeat.ping_interval": "9s"}},
 		{"flags over env", []string{"--config=" + file, "--backpressure.pause_bytes=4000000", "--listen=:7100"},
 			[]string{"WSD_BACKPRESSURE__PAUSE_BYTES=3000000", "WSD_LISTEN=:7200"},
 			map[string]string{"listen": ":7100", "backpressure.pause_bytes": "4000000", "heartbeat.ping_interval": "7s"}},
+		{"admin from env", nil, []string{"WSD_ADMIN_LISTEN=:9090", "WSD_ADMIN__PPROF=true", "WSD_ADMIN__MAX_CONNECTIONS=8"},
+			map[string]string{"admin_listen": ":9090", "admin.pprof": "true", "admin.max_connections": "8"}},
 		{"list from env", nil, []string{"WSD_LIMITS__ALLOWED_ORIGINS=https://a.example, https://b.example"},
 			map[string]string{"limits.allowed_origins": "[https://a.example https://b.example]"}},
 		{"bus defaults", nil, nil, map[string]string{
@@ -129,6 +132,7 @@ func TestConfigInvalid(t *testing.T) {
 		{"unknown section in file", nil, nil, "limitz:\n  max_connections: 1\n", "limitz"},
 		{"bad headroom", []string{"--limits.fd_headroom=1.5"}, nil, "", "limits.fd_headroom"},
 		{"bad origin", []string{"--limits.allowed_origins=not a url"}, nil, "", "limits.allowed_origins"},
+		{"zero admin connections", []string{"--admin.max_connections=0"}, nil, "", "admin.max_connections"},
 		{"bad log format", []string{"--log.format=xml"}, nil, "", "log.format"},
 		{"unknown flag", []string{"--backpressure.nope=1"}, nil, "", "backpressure.nope"},
 		{"missing file", []string{"--config=/nonexistent/wsd.yaml"}, nil, "", "/nonexistent/wsd.yaml"},

@@ -145,28 +145,35 @@ func (c *Conn) WriteFrame(opcode byte, payload []byte) error {
 // OpText or OpBinary) or continues (OpContinuation) a fragmented
 // message. It fails when the socket write fails.
 func (c *Conn) WriteFragment(fin bool, opcode byte, payload []byte) error {
-	hdr := []byte{opcode}
+	_, err := c.Write(AppendFrame(nil, fin, opcode, payload))
+	return err
+}
+
+// AppendFrame appends one masked client frame to dst and returns it:
+// opcode may carry RSV bits (0x40, 0x20, 0x10) to send what a library
+// never would. The length takes its minimal encoding. Tests concatenate
+// frames to send several in one TCP write.
+func AppendFrame(dst []byte, fin bool, opcode byte, payload []byte) []byte {
+	b0 := opcode
 	if fin {
-		hdr[0] |= 0x80
+		b0 |= 0x80
 	}
+	dst = append(dst, b0)
 	switch n := len(payload); {
 	case n < 126:
-		hdr = append(hdr, 0x80|byte(n))
+		dst = append(dst, 0x80|byte(n))
 	case n < 1<<16:
-		hdr = append(hdr, 0x80|126, byte(n>>8), byte(n))
+		dst = append(dst, 0x80|126, byte(n>>8), byte(n))
 	default:
-		hdr = append(hdr, 0x80|127)
-		hdr = binary.BigEndian.AppendUint64(hdr, uint64(n))
+		dst = append(dst, 0x80|127)
+		dst = binary.BigEndian.AppendUint64(dst, uint64(n))
 	}
 	mask := [4]byte{1, 2, 3, 4}
-	hdr = append(hdr, mask[:]...)
-	frame := make([]byte, len(hdr), len(hdr)+len(payload))
-	copy(frame, hdr)
+	dst = append(dst, mask[:]...)
 	for i, b := range payload {
-		frame = append(frame, b^mask[i%4])
+		dst = append(dst, b^mask[i%4])
 	}
-	_, err := c.Write(frame)
-	return err
+	return dst
 }
 
 // WriteClose writes a close frame with code and reason, as they are:
