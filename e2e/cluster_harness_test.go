@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -63,6 +64,12 @@ type replica struct {
 	target  chaos.Target
 	checker *chaos.Checker
 	busBase chaos.BusStats
+	// started is the container state at the baseline: the process the
+	// scenario must end with (a restart by the scenario re-attaches).
+	started wsdcontainer.ExitState
+	// clientAddrs are the addresses the replica sees clients connect
+	// from (the network gateway): they must never appear in /metrics.
+	clientAddrs []string
 	// down: the scenario ended this replica; its invariants are not
 	// checked.
 	down bool
@@ -224,6 +231,17 @@ func (c *cluster) attach(r *replica) {
 	}
 	if r.busBase, err = admin.BusStats(ctx); err != nil {
 		c.fatal("replica %s bus stats: %v", r.name, err)
+	}
+	if r.started, err = r.wsd.ExitState(ctx); err != nil {
+		c.fatal("replica %s: %v", r.name, err)
+	}
+	r.clientAddrs = nil
+	if insp, err := r.wsd.Inspect(ctx); err == nil {
+		for _, ep := range insp.NetworkSettings.Networks {
+			if ep.Gateway.IsValid() {
+				r.clientAddrs = append(r.clientAddrs, ep.Gateway.String())
+			}
+		}
 	}
 	r.checker.Start(ctx, 250*time.Millisecond)
 }
@@ -401,10 +419,12 @@ func (c *cluster) fatal(format string, args ...any) {
 
 // finish asserts the shared invariants on every replica still up:
 // counters and broker subscriptions back to the baseline within quiet,
-// memory under the bound, no OOM kill, still running; and the server's
+// memory under the bound, no OOM kill, still running the process it
+// was attached with, /metrics consistent with /debug/stats and free of
+// the scenario's topic names (clientValues); and the server's
 // subscription count back to its baseline plus extraNATS (a replica
 // restarted by the scenario has its own baseline).
-func (c *cluster) finish(quiet time.Duration, extraNATS int) {
+func (c *cluster) finish(quiet time.Duration, extraNATS int, clientValues ...string) {
 	c.t.Helper()
 	ctx := c.ctx
 	for _, r := range []*replica{c.a, c.b} {
@@ -446,6 +466,16 @@ func (c *cluster) finish(quiet time.Duration, extraNATS int) {
 		}
 		c.check(p+"not OOM-killed", !st.OOMKilled, "OOMKilled=false", "OOMKilled=%v", st.OOMKilled)
 		c.check(p+"still running", st.Running, "running", "running=%v exit=%d", st.Running, st.ExitCode)
+		b := r.started
+		c.check(p+"same wsd process as at the baseline", st.Pid == b.Pid && st.RestartCount == b.RestartCount && st.StartedAt.Equal(b.StartedAt),
+			fmt.Sprintf("pid %d, restarts %d, started %s", b.Pid, b.RestartCount, b.StartedAt.Format(time.RFC3339Nano)),
+			"pid %d, restarts %d, started %s", st.Pid, st.RestartCount, st.StartedAt.Format(time.RFC3339Nano))
+		invs, found := r.checker.CheckMetrics(ctx, append(slices.Clone(clientValues), r.clientAddrs...))
+		if c.check(p+"/metrics served", found, "200", "404") {
+			for _, inv := range invs {
+				c.check(p+inv.Name, inv.Pass, inv.Want, "%s", inv.Got)
+			}
+		}
 	}
 	var n int
 	err := chaos.Poll(ctx, quiet, 100*time.Millisecond, func() error {

@@ -97,7 +97,7 @@ func TestClusterCrossReplicaDelivery(t *testing.T) {
 		a2.Published-busA.Published, a2.Received-busA.Received, a2.Dropped-busA.Dropped,
 		b2.Published-busB.Published, b2.Received-busB.Received, b2.Dropped-busB.Dropped)
 	leave(all)
-	c.finish(20*time.Second, 0)
+	c.finish(20*time.Second, 0, topic)
 }
 
 // Scenario cluster 2: the broker stops, then comes back. During the
@@ -182,7 +182,7 @@ func TestClusterBrokerRestart(t *testing.T) {
 	}
 	c.check("every lost message explained by bus_dropped_total", lostOK, "lost = dropped for every remote member", "%s", orOK(got))
 	leave(all)
-	c.finish(20*time.Second, 0)
+	c.finish(20*time.Second, 0, topic)
 }
 
 // Scenario cluster 3: replica a's link to NATS (through Toxiproxy)
@@ -287,7 +287,7 @@ func TestClusterBrokerLinkFaults(t *testing.T) {
 	}
 	c.check("cut: nothing crossed while a was cut off", missed == 0, "0 cross-replica deliveries of the cut phase", "%d", missed)
 	leave(all)
-	c.finish(20*time.Second, 0)
+	c.finish(20*time.Second, 0, topic)
 }
 
 // Scenario cluster 4: replica a is killed (SIGKILL) with subscribers on
@@ -365,7 +365,7 @@ func TestClusterReplicaKilled(t *testing.T) {
 	leave(ma)
 	leave(mb)
 	leave(late)
-	c.finish(20*time.Second, 0)
+	c.finish(20*time.Second, 0, topic)
 }
 
 // Scenario cluster 5: rolling restart. A publisher on b sends at a
@@ -524,5 +524,5 @@ func TestClusterRollingRestart(t *testing.T) {
 	leave(ma)
 	leave(mb)
 	leave(back)
-	c.finish(20*time.Second, 0)
+	c.finish(20*time.Second, 0, topic)
 }
