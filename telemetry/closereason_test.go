@@ -48,4 +48,5 @@ func TestCloseReasonNotUTF8(t *testing.T) {
 	if len(bad) > 0 {
 		t.Errorf("strings that are not UTF-8: %v", bad)
 	}
+	checkCardinality(t, f.collect(t), []uint16{1000})
 }

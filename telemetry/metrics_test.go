@@ -89,6 +89,7 @@ func TestEchoMetrics(t *testing.T) {
 		t.Errorf("wsd.session.duration{echo,client}: %d recordings, want 3", n)
 	}
 
+	checkCardinality(t, rm, []uint16{1000, 4321, 999})
 	closed, ok := findMetric(rm, "wsd.connections.closed")
 	if !ok {
 		t.Fatal("wsd.connections.closed missing")
