@@ -51,6 +51,13 @@ func (a *Admin) Healthz(ctx context.Context) error {
 	return err
 }
 
+// Readyz returns nil when /readyz answers 200 (the replica takes
+// traffic).
+func (a *Admin) Readyz(ctx context.Context) error {
+	_, err := a.get(ctx, "/readyz")
+	return err
+}
+
 // Metrics fetches /metrics (Prometheus text format) and returns the
 // samples as name{labels} → value, plus the raw text. found is false when
 // the server does not serve /metrics (404).

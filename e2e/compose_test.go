@@ -21,6 +21,7 @@ import (
 
 	"github.com/wsd-dev/wsd/chaos/images"
 	"github.com/wsd-dev/wsd/chaos/jaeger"
+	"github.com/wsd-dev/wsd/chaos/natscontainer"
 )
 
 // TestComposeFile loads docker-compose.yml with compose-go, the loader
@@ -29,7 +30,8 @@ import (
 // profile, build targets that exist in the Dockerfile, an environment wsd
 // itself accepts (it runs `wsd --print-config` with exactly that
 // environment), OTLP to Jaeger, and a stop_grace_period longer than the
-// drain_timeout it configures.
+// drain_timeout it configures; and the cluster profile: NATS and two
+// replicas of the wsd service on the bus, told apart in traces.
 func TestComposeFile(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -85,20 +87,7 @@ func TestComposeFile(t *testing.T) {
 	}
 
 	// wsd must accept the environment as it is, without a warning.
-	bin, err := images.GoBinary(ctx, "./cmd/wsd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.CommandContext(ctx, bin, "--print-config")
-	for k, v := range env {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil || stderr.Len() > 0 {
-		t.Fatalf("wsd --print-config with the compose environment: %v\n%s", err, stderr.String())
-	}
+	out := opsPrintConfig(t, ctx, env)
 	drain := opsConfigDuration(t, string(out), "drain_timeout")
 	if wsd.StopGracePeriod == nil || time.Duration(*wsd.StopGracePeriod) <= drain {
 		t.Errorf("wsd stop_grace_period %v, want longer than shutdown.drain_timeout %s", wsd.StopGracePeriod, drain)
@@ -138,14 +127,100 @@ func TestComposeFile(t *testing.T) {
 		t.Errorf("wschaos restart %q, want no: the demo is bounded", ch.Restart)
 	}
 
+	// The cluster profile: NATS and two replicas of the wsd service,
+	// identical but for the bus, the host ports and the trace instance id.
+	cl := load(t, nil, "cluster")
+	for _, name := range []string{"nats", "wsd-a", "wsd-b"} {
+		if _, ok := cl.Services[name]; !ok {
+			t.Fatalf("--profile cluster services %v, want nats, wsd-a and wsd-b", slices.Sorted(maps.Keys(cl.Services)))
+		}
+		if _, ok := def.Services[name]; ok {
+			t.Errorf("%s runs without --profile cluster", name)
+		}
+	}
+	nats := cl.Services["nats"]
+	if nats.Image != "nats:"+natscontainer.Version {
+		t.Errorf("nats image %q, want nats:%s (the version chaos/natscontainer builds offline)", nats.Image, natscontainer.Version)
+	}
+	if want := []string{"--port", "4222", "--http_port", "8222"}; !slices.Equal(nats.Command, want) {
+		t.Errorf("nats command %q, want %q (clients and monitoring on the official image's ports)", nats.Command, want)
+	}
+	hostPorts := map[string]string{}
+	for _, p := range wsd.Ports {
+		hostPorts[p.Published] = "wsd"
+	}
+	instances := map[string]bool{}
+	for _, name := range []string{"wsd-a", "wsd-b"} {
+		r := cl.Services[name]
+		if r.Build == nil || wsd.Build == nil || r.Build.Target != wsd.Build.Target || r.Image != wsd.Image {
+			t.Errorf("%s build %+v image %q, want the wsd service's (%+v, %q)", name, r.Build, r.Image, wsd.Build, wsd.Image)
+		}
+		renv := map[string]string{}
+		for k, v := range r.Environment {
+			if v != nil {
+				renv[k] = *v
+			}
+		}
+		for k, v := range env {
+			if k != "OTEL_RESOURCE_ATTRIBUTES" && renv[k] != v {
+				t.Errorf("%s %s=%q, want the wsd service's %q", name, k, renv[k], v)
+			}
+		}
+		if renv["WSD_BUS__KIND"] != "nats" || renv["WSD_BUS__NATS__URL"] != "nats://nats:4222" {
+			t.Errorf("%s bus %q %q, want nats at nats://nats:4222", name, renv["WSD_BUS__KIND"], renv["WSD_BUS__NATS__URL"])
+		}
+		instances[renv["OTEL_RESOURCE_ATTRIBUTES"]] = true
+		if _, ok := r.DependsOn["nats"]; !ok {
+			t.Errorf("%s depends_on %v, want nats", name, slices.Sorted(maps.Keys(r.DependsOn)))
+		}
+		if r.StopGracePeriod == nil || time.Duration(*r.StopGracePeriod) <= drain {
+			t.Errorf("%s stop_grace_period %v, want longer than drain_timeout %s", name, r.StopGracePeriod, drain)
+		}
+		for _, p := range r.Ports {
+			if other, dup := hostPorts[p.Published]; dup {
+				t.Errorf("%s host port %s also used by %s", name, p.Published, other)
+			}
+			hostPorts[p.Published] = name
+		}
+		if out := opsPrintConfig(t, ctx, renv); opsConfigValue(t, out, "kind") != "nats" {
+			t.Errorf("%s: wsd --print-config shows bus kind %q, want nats", name, opsConfigValue(t, out, "kind"))
+		}
+	}
+	if len(instances) != 2 || instances[""] {
+		t.Errorf("replica OTEL_RESOURCE_ATTRIBUTES %v: want a distinct service.instance.id each, to tell them apart in Jaeger", slices.Sorted(maps.Keys(instances)))
+	}
+
 	// The offline recipe of the README selects stages and images that
 	// exist without a registry.
-	off := load(t, []string{"WSD_TARGET=prebuilt", "WSCHAOS_TARGET=prebuilt-wschaos", "JAEGER_IMAGE=" + jaeger.ImageTag}, "demo")
+	off := load(t, []string{"WSD_TARGET=prebuilt", "WSCHAOS_TARGET=prebuilt-wschaos", "JAEGER_IMAGE=" + jaeger.ImageTag, "NATS_IMAGE=" + natscontainer.ImageTag}, "demo", "cluster")
 	if off.Services["wsd"].Build.Target != "prebuilt" || off.Services["wschaos"].Build.Target != "prebuilt-wschaos" ||
-		off.Services["jaeger"].Image != jaeger.ImageTag || !slices.Contains(stages, "prebuilt-wschaos") {
-		t.Errorf("offline variables not applied: wsd %q, wschaos %q, jaeger %q (stages %v)",
-			off.Services["wsd"].Build.Target, off.Services["wschaos"].Build.Target, off.Services["jaeger"].Image, stages)
+		off.Services["jaeger"].Image != jaeger.ImageTag || !slices.Contains(stages, "prebuilt-wschaos") ||
+		off.Services["nats"].Image != natscontainer.ImageTag || off.Services["wsd-a"].Build.Target != "prebuilt" {
+		t.Errorf("offline variables not applied: wsd %q, wschaos %q, jaeger %q, nats %q, wsd-a %q (stages %v)",
+			off.Services["wsd"].Build.Target, off.Services["wschaos"].Build.Target, off.Services["jaeger"].Image,
+			off.Services["nats"].Image, off.Services["wsd-a"].Build.Target, stages)
 	}
+}
+
+// opsPrintConfig runs `wsd --print-config` with exactly env and returns
+// its YAML; any error or warning fails the test.
+func opsPrintConfig(t *testing.T, ctx context.Context, env map[string]string) string {
+	t.Helper()
+	bin, err := images.GoBinary(ctx, "./cmd/wsd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.CommandContext(ctx, bin, "--print-config")
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil || stderr.Len() > 0 {
+		t.Fatalf("wsd --print-config with the compose environment: %v\n%s", err, stderr.String())
+	}
+	return string(out)
 }
 
 // opsDockerfileStages returns the stage names of a Dockerfile, in order.
@@ -238,7 +313,7 @@ func TestTaskfile(t *testing.T) {
 		desc[tk.Name] = tk.Desc
 	}
 	_, listed := task() // the default task
-	for _, name := range []string{"run", "build", "test", "e2e", "bench", "up", "down", "demo", "lint"} {
+	for _, name := range []string{"run", "build", "test", "e2e", "bench", "up", "down", "demo", "lint", "cluster", "nats:image"} {
 		if desc[name] == "" {
 			t.Errorf("task %s missing or without a description (tasks %v)", name, slices.Sorted(maps.Keys(desc)))
 		}
@@ -251,6 +326,12 @@ func TestTaskfile(t *testing.T) {
 	for _, want := range []string{"WSD_TARGET=prebuilt ", "JAEGER_IMAGE=" + jaeger.ImageTag + " ", "go run ./chaos/jaeger/cmd/jaegerimage", "up --build --detach"} {
 		if !strings.Contains(offline, want) {
 			t.Errorf("go tool task --dry up OFFLINE=1 lacks %q:\n%s", want, offline)
+		}
+	}
+	_, cluster := task("--dry", "cluster", "OFFLINE=1")
+	for _, want := range []string{"NATS_IMAGE=" + natscontainer.ImageTag + " ", "go run ./chaos/natscontainer/cmd/natsimage", "--profile cluster up --build --detach nats wsd-a wsd-b jaeger"} {
+		if !strings.Contains(cluster, want) {
+			t.Errorf("go tool task --dry cluster OFFLINE=1 lacks %q:\n%s", want, cluster)
 		}
 	}
 	if _, online := task("--dry", "up"); strings.Contains(online, "WSD_TARGET=") || strings.Contains(online, "jaegerimage") {

@@ -18,11 +18,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"sync"
 
 	cerrdefs "github.com/containerd/errdefs"
@@ -82,9 +78,11 @@ func Image(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("jaeger image: inspect %s: %w", ImageTag, err)
 	}
 
-	bin, err := buildBinary(ctx)
+	// Jaeger's go.mod has a replace directive: it must be built inside
+	// its own module, which ModuleBinary does.
+	bin, err := images.ModuleBinary(ctx, Module, Version, "./cmd/jaeger")
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("jaeger image: %w", err)
 	}
 	built, err := images.FromBinary(ctx, bin, "jaeger", wrap.options()...)
 	if err != nil {
@@ -136,97 +134,3 @@ func (s imageSpec) options() []images.Option {
 	}
 	return opts
 }
-
-// buildBinary compiles Module@Version's ./cmd/jaeger as a static binary
-// and returns its path in the user cache directory.
-//
-// It must be built inside Jaeger's own module: its go.mod has a replace
-// directive, which `go build module@version` and a require from this
-// module would both ignore. The module cache is read-only, so the source
-// is copied to a temporary directory first. -trimpath keeps the build
-// cache keys independent of that directory, so a rebuild after the image
-// was deleted reuses the compiled packages.
-func buildBinary(ctx context.Context) (string, error) {
-	gocmd := goTool()
-	out, err := goOutput(ctx, "", gocmd, "mod", "download", "-json", Module+"@v"+Version)
-	if err != nil {
-		return "", fmt.Errorf("jaeger image: download %s@v%s: %w", Module, Version, err)
-	}
-	var mod struct{ Dir, Error string }
-	if err := json.Unmarshal(out, &mod); err != nil {
-		return "", fmt.Errorf("jaeger image: parse go mod download output: %w", err)
-	}
-	if mod.Error != "" || mod.Dir == "" {
-		return "", fmt.Errorf("jaeger image: download %s@v%s: %s", Module, Version, mod.Error)
-	}
-
-	src, err := os.MkdirTemp("", "wsd-jaeger-src-")
-	if err != nil {
-		return "", fmt.Errorf("jaeger image: %w", err)
-	}
-	defer os.RemoveAll(src)
-	// os.CopyFS creates files writable by the owner (the cache's are not).
-	if err := os.CopyFS(filepath.Join(src, "jaeger"), os.DirFS(mod.Dir)); err != nil {
-		return "", fmt.Errorf("jaeger image: copy module source: %w", err)
-	}
-
-	cache, err := os.UserCacheDir()
-	if err != nil {
-		cache = os.TempDir()
-	}
-	dir := filepath.Join(cache, "wsd-e2e", "jaeger-"+Version)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", fmt.Errorf("jaeger image: create binary dir: %w", err)
-	}
-	bin := filepath.Join(dir, "jaeger")
-	if _, err := goOutput(ctx, filepath.Join(src, "jaeger"), gocmd,
-		"build", "-trimpath", "-ldflags=-s -w", "-o", bin, "./cmd/jaeger"); err != nil {
-		return "", fmt.Errorf("jaeger image: go build ./cmd/jaeger: %w", err)
-	}
-	return bin, nil
-}
-
-// goOutput runs the go command in dir with a static-build environment
-// that ignores any go.work and never switches toolchains, and returns its
-// standard output; on failure the error carries its standard error.
-func goOutput(ctx context.Context, dir, gocmd string, args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, gocmd, args...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOWORK=off", "GOTOOLCHAIN=local")
-	var stderr limitedBuffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return nil, fmt.Errorf("%w\n%s", err, stderr.String())
-	}
-	return out, nil
-}
-
-// goTool returns $GOROOT/bin/go when GOROOT is set (the toolchain running
-// the tests), else go from PATH.
-func goTool() string {
-	if r := os.Getenv("GOROOT"); r != "" {
-		p := filepath.Join(r, "bin", "go")
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	if p, err := exec.LookPath("go"); err == nil {
-		return p
-	}
-	return "/usr/local/go/bin/go"
-}
-
-// limitedBuffer keeps the last 16 KiB written to it: enough for the
-// compiler errors, bounded for a runaway command.
-type limitedBuffer struct{ b []byte }
-
-func (l *limitedBuffer) Write(p []byte) (int, error) {
-	l.b = append(l.b, p...)
-	if over := len(l.b) - 16<<10; over > 0 {
-		l.b = l.b[over:]
-	}
-	return len(p), nil
-}
-
-func (l *limitedBuffer) String() string { return string(l.b) }

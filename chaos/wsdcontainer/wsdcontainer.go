@@ -92,11 +92,8 @@ func Run(ctx context.Context, img string, opts ...testcontainers.ContainerCustom
 	if c.docker, err = client.New(client.FromEnv); err != nil {
 		return c, fmt.Errorf("wsd container: docker client: %w", err)
 	}
-	if c.wsURL, err = ctr.PortEndpoint(ctx, PublicPort, "ws"); err != nil {
-		return c, fmt.Errorf("wsd container: public endpoint: %w", err)
-	}
-	if c.adminURL, err = ctr.PortEndpoint(ctx, AdminPort, "http"); err != nil {
-		return c, fmt.Errorf("wsd container: admin endpoint: %w", err)
+	if err := c.endpoints(ctx); err != nil {
+		return c, err
 	}
 	insp, err := ctr.Inspect(ctx)
 	if err != nil {
@@ -106,7 +103,33 @@ func Run(ctx context.Context, img string, opts ...testcontainers.ContainerCustom
 	return c, nil
 }
 
-// WSURL returns ws://127.0.0.1:<port> of the public listener.
+// endpoints reads the mapped ports: Docker assigns new host ports each
+// time the container starts.
+func (c *Container) endpoints(ctx context.Context) error {
+	var err error
+	if c.wsURL, err = c.PortEndpoint(ctx, PublicPort, "ws"); err != nil {
+		return fmt.Errorf("wsd container: public endpoint: %w", err)
+	}
+	if c.adminURL, err = c.PortEndpoint(ctx, AdminPort, "http"); err != nil {
+		return fmt.Errorf("wsd container: admin endpoint: %w", err)
+	}
+	return nil
+}
+
+// Start starts the container again after wsd exited (SIGTERM, SIGKILL),
+// waits until /healthz answers and refreshes WSURL and AdminURL, which
+// change with the new port mappings. It is a new wsd process: counters
+// start from zero. It fails when the engine refuses or wsd does not
+// become healthy within 30s.
+func (c *Container) Start(ctx context.Context) error {
+	if err := c.DockerContainer.Start(ctx); err != nil {
+		return fmt.Errorf("wsd container: start: %w", err)
+	}
+	return c.endpoints(ctx)
+}
+
+// WSURL returns ws://127.0.0.1:<port> of the public listener (new after
+// Start).
 func (c *Container) WSURL() string { return c.wsURL }
 
 // AdminURL returns http://127.0.0.1:<port> of the admin listener.

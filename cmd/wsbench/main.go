@@ -4,6 +4,7 @@
 //	wsbench echo -url ws://host/ws/echo [-conns 1000 -inflight 8 | -rate 20000]
 //	wsbench fanout -url ws://host/ws/topics/t -subs 10000 -rate 10 [-slow 1000]
 //	wsbench idle -url ws://host/ws/echo -conns 10000 -hold 30s
+//	wsbench cluster -subs 2000 -rate 20           two wsd replicas on an in-process NATS: local vs remote fan-out
 //	wsbench report -dir docs/bench                  re-render results.md and the charts from results.json
 //
 // Each load mode prints its result as JSON. Connections are spread over
@@ -42,7 +43,7 @@ func main() {
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: wsbench suite|echo|fanout|idle|report [flags]  (wsbench <mode> -h for flags)")
+		fmt.Fprintln(stderr, "usage: wsbench suite|echo|fanout|idle|cluster|report [flags]  (wsbench <mode> -h for flags)")
 		return 2
 	}
 	var err error
@@ -57,8 +58,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = idleCmd(ctx, args[1:], stdout, stderr)
 	case "report":
 		err = reportCmd(args[1:], stdout, stderr)
+	case "cluster":
+		err = clusterCmd(ctx, args[1:], stdout, stderr)
 	default:
-		err = fmt.Errorf("unknown mode %q: want suite, echo, fanout, idle or report", args[0])
+		err = fmt.Errorf("unknown mode %q: want suite, echo, fanout, idle, cluster or report", args[0])
 	}
 	var usage usageError
 	switch {
