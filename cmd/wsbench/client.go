@@ -177,6 +177,29 @@ type latencyRecorder struct {
 		h  *hdrhistogram.Histogram
 	}
 	on atomic.Bool // record only inside the measurement window
+	// since and until bound the publish stamps that count (Unix ns;
+	// until 0: open): a message published before the window and
+	// delivered inside it is not one of the window's messages, so
+	// counting it would put the delivery ratio above 1.
+	since, until atomic.Int64
+}
+
+// open starts the measurement window at t.
+func (r *latencyRecorder) open(t time.Time) {
+	r.since.Store(t.UnixNano())
+	r.until.Store(0)
+	r.on.Store(true)
+}
+
+// seal ends the window's publishes at t: later stamps are not counted,
+// while messages published before t are still received and recorded.
+func (r *latencyRecorder) seal(t time.Time) { r.until.Store(t.UnixNano()) }
+
+// inWindow reports whether a message stamped at t belongs to the window.
+func (r *latencyRecorder) inWindow(t time.Time) bool {
+	ns := t.UnixNano()
+	u := r.until.Load()
+	return r.on.Load() && ns >= r.since.Load() && (u == 0 || ns <= u)
 }
 
 func newLatencyRecorder() *latencyRecorder {

@@ -120,7 +120,7 @@ func runClusterFanout(ctx context.Context, cfg clusterConfig) (ClusterResult, er
 	var published atomic.Int64
 	stop := atomic.Bool{}
 	pubErr := make(chan error, 1)
-	go func() { pubErr <- pace(ctx, pubs, cfg.rate, cfg.size, &stop, &published) }()
+	go func() { pubErr <- pace(ctx, pubs, cfg.rate, cfg.size, &stop, &published, sides[0].rec) }()
 	if err := sleepCtx(ctx, cfg.warmup); err != nil {
 		return res, err
 	}
@@ -132,16 +132,18 @@ func runClusterFanout(ctx context.Context, cfg clusterConfig) (ClusterResult, er
 			}
 		}
 	}
-	start, p0 := time.Now(), published.Load()
+	start := time.Now()
 	for _, s := range sides {
-		s.rec.on.Store(true)
+		s.rec.open(start)
 	}
 	if err := sleepCtx(ctx, cfg.window); err != nil {
 		return res, err
 	}
-	p1 := published.Load()
 	stop.Store(true)
 	end := time.Now()
+	for _, s := range sides {
+		s.rec.seal(end)
+	}
 	// Messages in flight (the remote path is longer) are still counted.
 	_ = sleepCtx(ctx, 300*time.Millisecond)
 	for _, s := range sides {
@@ -151,7 +153,7 @@ func runClusterFanout(ctx context.Context, cfg clusterConfig) (ClusterResult, er
 		return res, fmt.Errorf("cluster publisher: %w", err)
 	}
 	res.Seconds = end.Sub(start).Seconds()
-	res.Published = p1 - p0
+	res.Published = published.Load() // stamped inside the window
 	for i, s := range sides {
 		o := s.out
 		o.Subscribers = s.n

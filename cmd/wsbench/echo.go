@@ -114,7 +114,7 @@ func runEcho(ctx context.Context, cfg echoConfig) (EchoResult, error) {
 		}
 		close(pacerDone)
 	} else {
-		go func() { pacerDone <- pace(ctx, conns, cfg.rate, cfg.size, &stop, nil) }()
+		go func() { pacerDone <- pace(ctx, conns, cfg.rate, cfg.size, &stop, nil, nil) }()
 	}
 
 	if err := sleepCtx(ctx, cfg.warmup); err != nil {
@@ -167,8 +167,11 @@ func runEcho(ctx context.Context, cfg echoConfig) (EchoResult, error) {
 // pace sends messages at rate per second, round-robin over conns, until
 // stop. Each message carries its scheduled send time, not the actual
 // one, so latency includes any delay of the sender itself.
-// sent, when not nil, counts the messages written.
-func pace(ctx context.Context, conns []*gws.Conn, rate float64, size int, stop *atomic.Bool, sent *atomic.Int64) error {
+// sent, when not nil, counts the messages written whose stamp is in
+// win's measurement window (every message when win is nil), so that the
+// count and the receivers' (latencyRecorder.inWindow) judge the same
+// stamps.
+func pace(ctx context.Context, conns []*gws.Conn, rate float64, size int, stop *atomic.Bool, sent *atomic.Int64, win *latencyRecorder) error {
 	buf := make([]byte, size)
 	interval := time.Duration(float64(time.Second) / rate)
 	tick := time.NewTicker(time.Millisecond)
@@ -184,11 +187,12 @@ func pace(ctx context.Context, conns []*gws.Conn, rate float64, size int, stop *
 		// Message n is due at start + n/rate: message 0 at once.
 		due := int64(time.Since(start).Seconds()*rate) + 1
 		for ; n < due && !stop.Load(); n++ {
-			stamp(buf, start.Add(time.Duration(n)*interval))
+			at := start.Add(time.Duration(n) * interval)
+			stamp(buf, at)
 			if err := conns[n%int64(len(conns))].WriteMessage(gws.OpcodeBinary, buf); err != nil {
 				return fmt.Errorf("message %d: %w", n, err)
 			}
-			if sent != nil {
+			if sent != nil && (win == nil || win.inWindow(at)) {
 				sent.Add(1)
 			}
 		}

@@ -79,7 +79,7 @@ func (s *subscriber) OnMessage(_ *gws.Conn, m *gws.Message) {
 		<-s.release
 		return
 	}
-	if ok && t.UnixNano() != 0 && s.rec.on.Load() {
+	if ok && t.UnixNano() != 0 && s.rec.inWindow(t) {
 		s.count.Add(1)
 		s.rec.record(s.idx, now.Sub(t))
 	}
@@ -195,7 +195,7 @@ func runFanout(ctx context.Context, cfg fanoutConfig) (FanoutResult, error) {
 	var published atomic.Int64
 	stop := atomic.Bool{}
 	pubErr := make(chan error, 1)
-	go func() { pubErr <- pace(ctx, pubs, cfg.rate, cfg.size, &stop, &published) }()
+	go func() { pubErr <- pace(ctx, pubs, cfg.rate, cfg.size, &stop, &published, rec) }()
 	if err := sleepCtx(ctx, cfg.warmup); err != nil {
 		return res, err
 	}
@@ -205,16 +205,16 @@ func runFanout(ctx context.Context, cfg fanoutConfig) (FanoutResult, error) {
 			return res, err
 		}
 	}
-	start, p0 := time.Now(), published.Load()
-	rec.on.Store(true)
+	start := time.Now()
+	rec.open(start)
 	if err := sleepCtx(ctx, cfg.window); err != nil {
 		return res, err
 	}
-	p1 := published.Load()
 	// Messages published near the end are still in flight: keep
 	// recording briefly so they are counted, without new publishes.
 	stop.Store(true)
 	end := time.Now()
+	rec.seal(end)
 	_ = sleepCtx(ctx, 200*time.Millisecond)
 	rec.on.Store(false)
 	close(stopS)
@@ -236,7 +236,7 @@ func runFanout(ctx context.Context, cfg fanoutConfig) (FanoutResult, error) {
 		}
 	}
 	res.Seconds = end.Sub(start).Seconds()
-	res.Published = p1 - p0
+	res.Published = published.Load() // stamped inside the window
 	res.Delivered = count.Load()
 	if res.Published > 0 {
 		res.DeliveryRatio = float64(res.Delivered) / float64(res.Published*int64(len(fast)))
