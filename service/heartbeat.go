@@ -84,6 +84,12 @@ func (r *registry) len() int {
 // quarter of itself, or 1s), coarse enough to cost nothing.
 func tickInterval(c *Config) time.Duration {
 	shortest := min(c.Heartbeat.PingInterval, c.Heartbeat.PongTimeout, c.Backpressure.WriteTimeout, c.Limits.FrameTimeout)
+	if c.Auth.Mode == AuthJWT {
+		// exp is enforced within a quarter of the leeway (or 10ms
+		// without one), so a session outlives its token by at most
+		// 1.25 leeway.
+		shortest = min(shortest, c.Auth.JWT.Leeway)
+	}
 	return min(max(shortest/4, 10*time.Millisecond), time.Second)
 }
 
@@ -110,6 +116,10 @@ func (srv *Server) heartbeat(s *session) {
 		return
 	}
 	now := srv.now()
+	if s.expires != 0 && now >= s.expires {
+		s.tokenExpired()
+		return
+	}
 	if s.buf.stalled(now) {
 		srv.counters.writeTimeouts.Add(1)
 		srv.log.LogAttrs(s.ctx, slog.LevelInfo, "write timeout: peer not reading", slog.Uint64("conn_id", s.id),

@@ -190,7 +190,7 @@ func waitIdle(t testing.TB, ts *testServer) Stats {
 	wstest.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
 		st = ts.Stats()
 		if st.Connections != 0 || st.EchoConnections != 0 || st.TopicConnections != 0 || st.Paused != 0 ||
-			st.BufferedBytes != 0 || st.Topics != 0 || st.Subscribers != 0 || st.IPEntries != 0 || st.Handshakes != 0 {
+			st.BufferedBytes != 0 || st.Topics != 0 || st.Subscribers != 0 || st.IPEntries != 0 || st.UserEntries != 0 || st.Handshakes != 0 {
 			return fmt.Errorf("not idle: %+v", st)
 		}
 		return nil
@@ -228,6 +228,8 @@ type recorder struct {
 	heartbeat int
 	slow      int
 	dropped   int
+	auth      map[AuthFailure]int
+	users     []string // SessionInfo.User of every opened session
 }
 
 type receivedClose struct {
@@ -236,11 +238,19 @@ type receivedClose struct {
 }
 
 func newRecorder() *recorder {
-	return &recorder{rejected: map[RejectReason]int{}, events: map[BackpressureEvent]int{}}
+	return &recorder{rejected: map[RejectReason]int{}, events: map[BackpressureEvent]int{}, auth: map[AuthFailure]int{}}
 }
 
-func (r *recorder) SessionOpened(ctx context.Context, _ SessionInfo) (context.Context, SessionObserver) {
+func (r *recorder) SessionOpened(ctx context.Context, info SessionInfo) (context.Context, SessionObserver) {
+	r.mu.Lock()
+	r.users = append(r.users, info.User)
+	r.mu.Unlock()
 	return ctx, r
+}
+func (r *recorder) AuthFailed(_ context.Context, reason AuthFailure) {
+	r.mu.Lock()
+	r.auth[reason]++
+	r.mu.Unlock()
 }
 func (r *recorder) UpgradeRejected(_ context.Context, _ *http.Request, reason RejectReason) {
 	r.mu.Lock()
@@ -278,7 +288,11 @@ func (r *recorder) snapshot() *recorder {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	cp := &recorder{heartbeat: r.heartbeat, slow: r.slow, dropped: r.dropped,
-		rejected: map[RejectReason]int{}, events: map[BackpressureEvent]int{}}
+		rejected: map[RejectReason]int{}, events: map[BackpressureEvent]int{}, auth: map[AuthFailure]int{}}
+	for k, v := range r.auth {
+		cp.auth[k] = v
+	}
+	cp.users = append(cp.users, r.users...)
 	for k, v := range r.rejected {
 		cp.rejected[k] = v
 	}

@@ -193,6 +193,41 @@ func TestConfigBusInvalid(t *testing.T) {
 	}
 }
 
+// TestConfigAuthInvalid: with auth.mode jwt, zero or two key sources
+// (or an unreadable secret file) exit 2 before listening, naming the key.
+func TestConfigAuthInvalid(t *testing.T) {
+	secret := "WSD_AUTH__JWT__HMAC_SECRET=0123456789abcdef0123456789abcdef"
+	tests := []struct {
+		name    string
+		args    []string
+		environ []string
+		wantKey string
+	}{
+		{"unknown mode", []string{"--auth.mode=basic"}, nil, "auth.mode"},
+		{"jwt without key", []string{"--auth.mode=jwt"}, nil, "auth.jwt.hmac_secret"},
+		{"secret and jwks", []string{"--auth.mode=jwt", "--auth.jwt.jwks_url=https://idp.example/jwks"}, []string{secret}, "auth.jwt.jwks_url"},
+		{"secret and file", []string{"--auth.mode=jwt", "--auth.jwt.hmac_secret_file=/s"}, []string{secret}, "auth.jwt.hmac_secret_file"},
+		{"short secret", nil, []string{"WSD_AUTH__MODE=jwt", "WSD_AUTH__JWT__HMAC_SECRET=short"}, "auth.jwt.hmac_secret"},
+		{"missing secret file", []string{"--auth.mode=jwt", "--auth.jwt.hmac_secret_file=/nonexistent/secret"}, nil, "auth.jwt.hmac_secret_file"},
+		{"negative leeway", []string{"--auth.jwt.leeway=-1s"}, nil, "auth.jwt.leeway"},
+		{"negative per-user cap", []string{"--limits.max_connections_per_user=-1"}, nil, "limits.max_connections_per_user"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out, errOut := runWsd(t, append(tt.args, "--listen=127.0.0.1:0", "--admin_listen=127.0.0.1:0"), tt.environ)
+			if code != 2 {
+				t.Fatalf("exit %d, want 2; stdout:\n%s\nstderr:\n%s", code, out, errOut)
+			}
+			if !strings.Contains(errOut, tt.wantKey+":") {
+				t.Fatalf("stderr does not name %q:\n%s", tt.wantKey, errOut)
+			}
+			if strings.Contains(errOut, "0123456789abcdef0123456789abcdef") {
+				t.Fatalf("stderr shows the secret:\n%s", errOut)
+			}
+		})
+	}
+}
+
 // TestConfigUnknownEnvIgnoredLoudly: a WSD_ variable that names no key
 // is reported on stderr rather than silently ignored.
 func TestConfigUnknownEnvIgnoredLoudly(t *testing.T) {
