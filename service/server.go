@@ -136,8 +136,17 @@ func (s *Server) now() int64 { return s.clock.Load() }
 // cancelled, then shuts down gracefully (see Shutdown in the README): it
 // returns nil after a clean drain, or the error that stopped a listener.
 // It fails at once when a listener cannot be opened (address in use,
-// permission). Call it once per Server.
+// permission) or, with auth.jwt.jwks_url, when the JWK Set cannot be
+// fetched or holds no usable key. Call it once per Server.
 func (s *Server) Serve(ctx context.Context) error {
+	if s.auth != nil && s.cfg.Auth.JWT.JWKSURL != "" {
+		// The refresh goroutine lives exactly as long as Serve.
+		jctx, stopJWKS := context.WithCancel(context.Background())
+		defer stopJWKS()
+		if err := s.auth.startJWKS(jctx, s.log); err != nil {
+			return err
+		}
+	}
 	pl, err := net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
