@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -250,4 +251,100 @@ func TestAuthNoneUnchanged(t *testing.T) {
 	if got := ts.obs.snapshot().auth; len(got) != 0 {
 		t.Fatalf("auth failures %v with auth.mode none, want none", got)
 	}
+}
+
+// TestBadTokenFlood: 10 000 upgrade attempts with bad tokens, missing
+// rights or over the per-user cap leave nothing behind: each is refused
+// with its status and counted once, and sessions, per-IP and per-user
+// entries, handshakes, descriptors and goroutines are back to baseline;
+// the legitimate session open throughout still works.
+func TestBadTokenFlood(t *testing.T) {
+	ts := runServer(t, func(c *Config) {
+		jwtConfig(c)
+		c.Limits.MaxConnectionsPerUser = 1
+	})
+	alice := mint(t, claimsFor("alice", map[string][]string{"sub": {"room"}}))
+	live := wstest.MustDialRaw(t, ts.wsURL("/ws/echo"), bearer(alice))
+	base := fetchStats(t, ts)
+	forged, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, claimsFor("mallory", nil)).SignedString([]byte("not-the-server-secret-0123456789"))
+	attempts := []struct {
+		path   string
+		opts   []wstest.DialOption
+		status int
+	}{
+		{"/ws/echo", nil, http.StatusUnauthorized},
+		{"/ws/echo", []wstest.DialOption{bearer("garbage")}, http.StatusUnauthorized},
+		{"/ws/echo", []wstest.DialOption{bearer(forged)}, http.StatusUnauthorized},
+		{"/ws/echo?access_token=" + mint(t, jwt.MapClaims{"sub": "bob", "exp": time.Now().Add(-time.Hour).Unix()}), nil, http.StatusUnauthorized},
+		{"/ws/topics/secret", []wstest.DialOption{bearer(alice)}, http.StatusForbidden},
+		{"/ws/topics/room", []wstest.DialOption{bearer(alice)}, http.StatusTooManyRequests},
+	}
+	const total, workers = 10000, 8
+	jobs := make(chan int)
+	errs := make(chan error, workers)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				a := attempts[i%len(attempts)]
+				c, resp, err := wstest.DialRaw(ts.wsURL(a.path), a.opts...)
+				if err == nil && resp.StatusCode == http.StatusSwitchingProtocols {
+					c.Close()
+				}
+				if err != nil || resp.StatusCode != a.status {
+					errs <- fmt.Errorf("attempt %d on %s: %v %v, want %d", i, a.path, err, resp, a.status)
+					return
+				}
+			}
+		}()
+	}
+	func() {
+		defer close(jobs)
+		for i := range total {
+			select {
+			case jobs <- i:
+			case err := <-errs:
+				t.Fatal(err)
+			}
+		}
+	}()
+	wg.Wait()
+	select {
+	case err := <-errs:
+		t.Fatal(err)
+	default:
+	}
+	wstest.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+		st := fetchStats(t, ts)
+		if st.Connections != 1 || st.IPEntries != 1 || st.UserEntries != 1 || st.Handshakes != 0 {
+			return fmt.Errorf("stats after the flood: %+v, want the one live session only", st)
+		}
+		if st.OpenFDs > base.OpenFDs+2 || st.Goroutines > base.Goroutines+2 {
+			return fmt.Errorf("open_fds %d goroutines %d, baseline %d and %d", st.OpenFDs, st.Goroutines, base.OpenFDs, base.Goroutines)
+		}
+		return nil
+	})
+	want := map[int]int{}
+	for i := range total {
+		want[attempts[i%len(attempts)].status]++
+	}
+	snap := ts.obs.snapshot()
+	if got := snap.rejected; got[RejectUnauthorized] != want[http.StatusUnauthorized] ||
+		got[RejectForbidden] != want[http.StatusForbidden] || got[RejectPerUser] != want[http.StatusTooManyRequests] {
+		t.Errorf("rejections %v, want unauthorized %d, forbidden %d, per_user %d", got,
+			want[http.StatusUnauthorized], want[http.StatusForbidden], want[http.StatusTooManyRequests])
+	}
+	if sum := snap.auth[AuthMissing] + snap.auth[AuthMalformed] + snap.auth[AuthSignature] + snap.auth[AuthExpired] +
+		snap.auth[AuthTopicForbidden]; sum != want[http.StatusUnauthorized]+want[http.StatusForbidden] || len(snap.auth) != 5 {
+		t.Errorf("auth failures %v, want %d in all over 5 reasons", snap.auth, want[http.StatusUnauthorized]+want[http.StatusForbidden])
+	}
+	if err := live.Echo([]byte("still here")); err != nil {
+		t.Fatalf("the live session after the flood: %v", err)
+	}
+	if _, err := live.CloseHandshake(1000, ""); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, ts)
 }
