@@ -291,7 +291,13 @@ func (a *authenticator) verify(tok string) (identity, AuthFailure, error) {
 	}
 	var c wsdClaims
 	if _, err := jwt.NewParser(opts...).ParseWithClaims(tok, &c, a.keyfunc); err != nil {
-		return identity{user: c.Subject}, classifyJWTError(err), err
+		fail := classifyJWTError(err)
+		if fail == AuthMalformed || fail == AuthSignature {
+			// The sub of an unverified token is whatever the client
+			// wrote: it is not logged as a user.
+			return identity{}, fail, err
+		}
+		return identity{user: c.Subject}, fail, err
 	}
 	if c.Subject == "" {
 		return identity{}, AuthClaims, errors.New("token has no sub")

@@ -122,6 +122,9 @@ func TestVerify(t *testing.T) {
 			if got != tt.want {
 				t.Fatalf("verify = %q (%v), want %q", got, err, tt.want)
 			}
+			if (got == AuthSignature || got == AuthMalformed) && id.user != "" {
+				t.Fatalf("unverified token reports user %q, want none", id.user)
+			}
 			if tt.want == "" {
 				if id.user != "alice" {
 					t.Fatalf("user %q, want alice", id.user)

@@ -98,6 +98,9 @@ func TestAuthUpgrade(t *testing.T) {
 			t.Errorf("the log holds a token signature %q:\n%s", sig, logs)
 		}
 	}
+	if strings.Contains(logs, "mallory") {
+		t.Errorf("the log names the sub of a token whose signature failed (unverified, client-chosen):\n%s", logs)
+	}
 	for _, want := range []string{"reason=expired", "sub=bob", "reason=topic_forbidden", "sub=alice", "reason=missing"} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("the log lacks %q:\n%s", want, logs)

@@ -65,7 +65,8 @@ const (
 )
 
 // SessionInfo describes a session when it opens. The Server fills every
-// field but Topic (empty for echo); a zero value describes no session.
+// field but Topic (empty for echo) and User (empty with auth.mode none);
+// a zero value describes no session.
 type SessionInfo struct {
 	// ID is unique within the process.
 	ID uint64

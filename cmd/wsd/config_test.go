@@ -96,6 +96,17 @@ func TestConfigLayers(t *testing.T) {
 			"WSD_BUS__NATS__SUBJECT_PREFIX=prod.eu", "WSD_BUS__NATS__RECONNECT_WAIT=1s", "WSD_BUS__NATS__PENDING_MESSAGES=10"},
 			map[string]string{"bus.kind": "nats", "bus.nats.url": "nats://n1:4222,nats://n2:4222",
 				"bus.nats.subject_prefix": "prod.eu", "bus.nats.reconnect_wait": "1s", "bus.nats.pending_messages": "10"}},
+		{"auth defaults", nil, nil, map[string]string{
+			"auth.mode": "none", "auth.jwt.hmac_secret": "", "auth.jwt.hmac_secret_file": "", "auth.jwt.jwks_url": "",
+			"auth.jwt.issuer": "", "auth.jwt.audience": "", "auth.jwt.leeway": "5s",
+			"limits.max_connections_per_user": "0", "telemetry.record_user_id": "false",
+		}},
+		{"auth from env, file and flags", []string{"--config", writeFile(t, "auth:\n  jwt:\n    issuer: https://idp.example\n    leeway: 2s\n"),
+			"--auth.jwt.audience=wsd", "--limits.max_connections_per_user=3", "--telemetry.record_user_id=true"},
+			[]string{"WSD_AUTH__MODE=jwt", "WSD_AUTH__JWT__HMAC_SECRET=0123456789abcdef0123456789abcdef"},
+			map[string]string{"auth.mode": "jwt", "auth.jwt.hmac_secret": "0123456789abcdef0123456789abcdef",
+				"auth.jwt.issuer": "https://idp.example", "auth.jwt.leeway": "2s", "auth.jwt.audience": "wsd",
+				"limits.max_connections_per_user": "3", "telemetry.record_user_id": "true"}},
 		{"bus from file and flags", []string{"--config", writeFile(t, "bus:\n  kind: nats\n  nats:\n    url: tls://n1:4222\n    tls_ca_file: /ca.pem\n"), "--bus.nats.subject_prefix=x"}, nil,
 			map[string]string{"bus.kind": "nats", "bus.nats.url": "tls://n1:4222", "bus.nats.tls_ca_file": "/ca.pem", "bus.nats.subject_prefix": "x"}},
 	}
