@@ -23,8 +23,9 @@ const (
 	// as soon as the bytes that make it invalid arrive.
 	CloseInvalidPayload uint16 = 1007
 	// ClosePolicyViolation is sent to a peer that did not finish a
-	// message within limits.frame_timeout.
-	ClosePolicyViolation uint16 = 1008 // also: publish without the right
+	// message within limits.frame_timeout, and with auth.mode jwt to one
+	// that sent a message on a topic its token may not publish to.
+	ClosePolicyViolation uint16 = 1008
 	// CloseMessageTooBig is sent for a message over limits.max_message_bytes.
 	CloseMessageTooBig uint16 = 1009
 	// CloseInternalError is sent when handling a message panicked.
