@@ -264,6 +264,7 @@ func (c *Checker) compare(st service.Stats) []Invariant {
 		exact("subscribers", int64(b.Subscribers), int64(st.Subscribers)),
 		exact("handshakes", b.Handshakes, st.Handshakes),
 		exact("ip_entries", int64(b.IPEntries), int64(st.IPEntries)),
+		exact("user_entries", int64(b.UserEntries), int64(st.UserEntries)),
 		// A recovered panic closed a connection instead of ending the
 		// process, but it is still a bug a scenario must not pass with.
 		exact("panics_total", b.PanicsTotal, st.PanicsTotal),

@@ -37,6 +37,9 @@ type Stats struct {
 	Handshakes int64 `json:"handshakes"`
 	// IPEntries is the size of the per-IP connection table.
 	IPEntries int `json:"ip_entries"`
+	// UserEntries is the size of the per-user connection table (users
+	// with a session, when limits.max_connections_per_user is set).
+	UserEntries int `json:"user_entries"`
 	// Draining is true once a graceful shutdown has started.
 	Draining bool `json:"draining"`
 	// Totals since start: fan-out messages dropped (slow_consumer:
@@ -107,6 +110,7 @@ func (s *Server) Stats() Stats {
 		Topics:                 topics,
 		Subscribers:            subs,
 		IPEntries:              s.adm.ipEntries(),
+		UserEntries:            s.adm.userEntries(),
 		Draining:               s.adm.draining.Load(),
 		DroppedTotal:           s.counters.dropped.Load(),
 		EvictedTotal:           s.counters.evicted.Load(),

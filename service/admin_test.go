@@ -49,7 +49,7 @@ var statsKeys = []string{
 	"bus_subscriptions", "connections", "draining", "dropped_total", "echo_connections", "evicted_total",
 	"fd_limit", "frame_timeouts_total", "goroutines", "handshakes", "heartbeat_timeouts_total", "ip_entries",
 	"open_fds", "panics_total", "paused", "refused_at_accept_total", "shed_total", "subscribers",
-	"topic_connections", "topics", "write_timeouts_total",
+	"topic_connections", "topics", "user_entries", "write_timeouts_total",
 }
 
 // TestAdminStatsExact: /debug/stats has exactly the documented fields,

@@ -29,6 +29,9 @@ type admission struct {
 
 	ipMu  sync.Mutex
 	perIP map[netip.Addr]int
+
+	userMu  sync.Mutex
+	perUser map[string]int // only with limits.max_connections_per_user
 }
 
 func newAdmission(cfg *LimitsConfig, fd *fdGuard) *admission {
@@ -37,6 +40,7 @@ func newAdmission(cfg *LimitsConfig, fd *fdGuard) *admission {
 		fd:      fd,
 		limiter: rate.NewLimiter(rate.Limit(cfg.UpgradeRate), cfg.UpgradeBurst),
 		perIP:   make(map[netip.Addr]int),
+		perUser: make(map[string]int),
 	}
 	for _, o := range cfg.AllowedOrigins {
 		if o == "*" {
@@ -55,6 +59,7 @@ type rejection struct {
 	reason     RejectReason
 	status     int
 	retryAfter time.Duration // 0: no Retry-After header
+	wwwAuth    string        // WWW-Authenticate value (RFC 6750 §3); "": none
 	msg        string
 }
 
@@ -62,6 +67,9 @@ type rejection struct {
 func (r *rejection) write(w http.ResponseWriter) {
 	if r.retryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(r.retryAfter.Seconds()))))
+	}
+	if r.wwwAuth != "" {
+		w.Header().Set("WWW-Authenticate", r.wwwAuth)
 	}
 	if r.reason == RejectBadRequest {
 		w.Header().Set("Sec-WebSocket-Version", "13")
@@ -206,4 +214,41 @@ func (a *admission) ipEntries() int {
 	a.ipMu.Lock()
 	defer a.ipMu.Unlock()
 	return len(a.perIP)
+}
+
+// reserveUser claims one of user's max_connections_per_user slots; it
+// admits everyone when the cap is off or the user is "" (auth.mode
+// none). On success the caller must call releaseUser exactly once.
+func (a *admission) reserveUser(user string) *rejection {
+	if a.cfg.MaxConnectionsPerUser <= 0 || user == "" {
+		return nil
+	}
+	a.userMu.Lock()
+	defer a.userMu.Unlock()
+	if a.perUser[user] >= a.cfg.MaxConnectionsPerUser {
+		return &rejection{reason: RejectPerUser, status: http.StatusTooManyRequests, msg: "too many connections for your user"}
+	}
+	a.perUser[user]++
+	return nil
+}
+
+// releaseUser frees a slot claimed by reserveUser.
+func (a *admission) releaseUser(user string) {
+	if a.cfg.MaxConnectionsPerUser <= 0 || user == "" {
+		return
+	}
+	a.userMu.Lock()
+	if n := a.perUser[user] - 1; n > 0 {
+		a.perUser[user] = n
+	} else {
+		delete(a.perUser, user)
+	}
+	a.userMu.Unlock()
+}
+
+// userEntries returns the size of the per-user table (0 when idle).
+func (a *admission) userEntries() int {
+	a.userMu.Lock()
+	defer a.userMu.Unlock()
+	return len(a.perUser)
 }

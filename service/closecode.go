@@ -23,7 +23,8 @@ const (
 	// as soon as the bytes that make it invalid arrive.
 	CloseInvalidPayload uint16 = 1007
 	// ClosePolicyViolation is sent to a peer that did not finish a
-	// message within limits.frame_timeout.
+	// message within limits.frame_timeout, and with auth.mode jwt to one
+	// that sent a message on a topic its token may not publish to.
 	ClosePolicyViolation uint16 = 1008
 	// CloseMessageTooBig is sent for a message over limits.max_message_bytes.
 	CloseMessageTooBig uint16 = 1009
@@ -35,6 +36,10 @@ const (
 	// CloseHeartbeatTimeout (private-use range) is sent, best effort,
 	// when nothing arrived for ping_interval + pong_timeout.
 	CloseHeartbeatTimeout uint16 = 4000
+	// CloseTokenExpired (private-use range) is sent when the session's
+	// token passes exp plus auth.jwt.leeway: the client reconnects with
+	// a fresh token.
+	CloseTokenExpired uint16 = 4001
 
 	// closeNoStatus and closeAbnormal are reserved: never sent on the
 	// wire, used in CloseInfo and logs for "empty close frame" and "no
@@ -52,6 +57,8 @@ const (
 	reasonHeartbeat      = "heartbeat timeout"
 	reasonWriteTimeout   = "write timeout"
 	reasonForcedShutdown = "shutdown drain timeout"
+	reasonTokenExpired   = "token expired"
+	reasonPubForbidden   = "publish forbidden"
 )
 
 // maxCloseReason is the longest reason that fits a close frame: control
@@ -110,6 +117,8 @@ func CloseCodeLabel(code uint16) string {
 		return "1014"
 	case CloseHeartbeatTimeout:
 		return "4000"
+	case CloseTokenExpired:
+		return "4001"
 	}
 	if ValidCloseCode(code) {
 		return "private"

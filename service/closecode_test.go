@@ -323,13 +323,13 @@ func TestCloseCodeTables(t *testing.T) {
 		switch {
 		case !want && c != 0 && c != 1005 && c != 1006 && label != "invalid":
 			t.Fatalf("label(%d) = %q, want invalid", c, label)
-		case c >= 3000 && c <= 4999 && c != CloseHeartbeatTimeout && label != "private":
+		case c >= 3000 && c <= 4999 && c != CloseHeartbeatTimeout && c != CloseTokenExpired && label != "private":
 			t.Fatalf("label(%d) = %q, want private", c, label)
 		case c >= 1000 && c <= 1014 && want && label != strconv.Itoa(code):
 			t.Fatalf("label(%d) = %q", c, label)
 		}
 	}
-	for code, label := range map[uint16]string{0: "1005", 1005: "1005", 1006: "1006", 4000: "4000"} {
+	for code, label := range map[uint16]string{0: "1005", 1005: "1005", 1006: "1006", 4000: "4000", 4001: "4001"} {
 		if got := CloseCodeLabel(code); got != label {
 			t.Fatalf("label(%d) = %q, want %q", code, got, label)
 		}

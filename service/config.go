@@ -36,6 +36,7 @@ var (
 	DefaultPingInterval        = 25 * time.Second
 	DefaultPongTimeout         = 10 * time.Second
 	DefaultDrainTimeout        = 10 * time.Second
+	DefaultAuthLeeway          = 5 * time.Second
 )
 
 // Slow-consumer policies (BackpressureConfig.SlowConsumer).
@@ -62,9 +63,10 @@ type Config struct {
 	// rely on the network (port publishing, policies) instead.
 	AdminListen string `koanf:"admin_listen"`
 
-	// Admin, Limits, Backpressure, Heartbeat, Shutdown and Log are the
-	// sections of the same names.
+	// Admin, Auth, Limits, Backpressure, Heartbeat, Shutdown and Log
+	// are the sections of the same names.
 	Admin        AdminConfig        `koanf:"admin"`
+	Auth         AuthConfig         `koanf:"auth"`
 	Limits       LimitsConfig       `koanf:"limits"`
 	Backpressure BackpressureConfig `koanf:"backpressure"`
 	Heartbeat    HeartbeatConfig    `koanf:"heartbeat"`
@@ -104,6 +106,11 @@ type LimitsConfig struct {
 	// MaxConnectionsPerIP caps upgraded connections from one address
 	// (429). Stops one host from taking every slot.
 	MaxConnectionsPerIP int `koanf:"max_connections_per_ip"`
+	// MaxConnectionsPerUser caps upgraded connections per token sub
+	// with auth.mode jwt (429); 0, the default, is off. Stops one
+	// leaked or shared token from taking every slot from many
+	// addresses.
+	MaxConnectionsPerUser int `koanf:"max_connections_per_user"`
 	// MaxHandshakes caps public TCP connections that have not upgraded
 	// yet; more are closed at accept. Stops idle raw TCP connections
 	// (which never send a request) from holding every descriptor.
@@ -212,6 +219,7 @@ func DefaultConfig() Config {
 			MaxProfileDuration: DefaultMaxProfileDuration,
 			MaxConnections:     DefaultAdminMaxConnections,
 		},
+		Auth: AuthConfig{Mode: AuthNone, JWT: JWTConfig{Leeway: DefaultAuthLeeway}},
 		Limits: LimitsConfig{
 			MaxConnections:      DefaultMaxConnections,
 			MaxConnectionsPerIP: DefaultMaxConnectionsPerIP,
@@ -276,9 +284,13 @@ func (c Config) Validate() error {
 	}
 	positiveDur("admin.max_profile_duration", c.Admin.MaxProfileDuration)
 	positiveInt("admin.max_connections", c.Admin.MaxConnections)
+	c.Auth.validate(bad)
 	l := c.Limits
 	positiveInt("limits.max_connections", l.MaxConnections)
 	positiveInt("limits.max_connections_per_ip", l.MaxConnectionsPerIP)
+	if l.MaxConnectionsPerUser < 0 {
+		bad("limits.max_connections_per_user", "must be >= 0 (0 disables the cap), got %d", l.MaxConnectionsPerUser)
+	}
 	positiveInt("limits.max_handshakes", l.MaxHandshakes)
 	if l.UpgradeRate <= 0 {
 		bad("limits.upgrade_rate", "must be > 0, got %g", l.UpgradeRate)

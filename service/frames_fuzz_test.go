@@ -136,7 +136,7 @@ func FuzzCloseCode(f *testing.F) {
 	for _, c := range []uint16{0, 999, 1000, 1004, 1005, 1014, 1015, 2999, 3000, 4999, 5000} {
 		f.Add(c)
 	}
-	labels := map[string]bool{"private": true, "invalid": true, "4000": true}
+	labels := map[string]bool{"private": true, "invalid": true, "4000": true, "4001": true}
 	for c := 1000; c <= 1014; c++ {
 		if c != 1004 {
 			labels[fmt.Sprint(c)] = true

@@ -10,7 +10,8 @@ import (
 // The heartbeat is one housekeeping goroutine per server, not a timer
 // per connection: every tick it advances a coarse clock (which sessions
 // read, instead of calling time.Now per frame), samples the descriptor
-// count, and sweeps the registry once — closing connections whose writes
+// count, and sweeps the registry once — closing sessions whose token has
+// expired (4001, auth.mode jwt), closing connections whose writes
 // have stalled for write_timeout (the write watchdog, backpressure.go),
 // pinging those whose ping_interval has passed and closing those from
 // which nothing has arrived for ping_interval + pong_timeout. A sweep
@@ -80,10 +81,17 @@ func (r *registry) len() int {
 }
 
 // tickInterval is the housekeeping period: fine enough to honour the
-// heartbeat settings, write_timeout and frame_timeout (each is enforced within a
-// quarter of itself, or 1s), coarse enough to cost nothing.
+// heartbeat settings, write_timeout, frame_timeout and, with auth.mode
+// jwt, auth.jwt.leeway (each is enforced within a quarter of itself, or
+// 1s), coarse enough to cost nothing.
 func tickInterval(c *Config) time.Duration {
 	shortest := min(c.Heartbeat.PingInterval, c.Heartbeat.PongTimeout, c.Backpressure.WriteTimeout, c.Limits.FrameTimeout)
+	if c.Auth.Mode == AuthJWT {
+		// exp is enforced within a quarter of the leeway (or 10ms
+		// without one), so a session outlives its token by at most
+		// 1.25 leeway.
+		shortest = min(shortest, c.Auth.JWT.Leeway)
+	}
 	return min(max(shortest/4, 10*time.Millisecond), time.Second)
 }
 
@@ -110,6 +118,10 @@ func (srv *Server) heartbeat(s *session) {
 		return
 	}
 	now := srv.now()
+	if s.expires != 0 && now >= s.expires {
+		s.tokenExpired()
+		return
+	}
 	if s.buf.stalled(now) {
 		srv.counters.writeTimeouts.Add(1)
 		srv.log.LogAttrs(s.ctx, slog.LevelInfo, "write timeout: peer not reading", slog.Uint64("conn_id", s.id),

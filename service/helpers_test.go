@@ -211,7 +211,7 @@ func waitIdle(t testing.TB, ts *testServer) Stats {
 		}{
 			{"connections", st.Connections}, {"echo_connections", st.EchoConnections},
 			{"topic_connections", st.TopicConnections}, {"paused", st.Paused}, {"buffered_bytes", st.BufferedBytes},
-			{"topics", int64(st.Topics)}, {"subscribers", int64(st.Subscribers)}, {"ip_entries", int64(st.IPEntries)},
+			{"topics", int64(st.Topics)}, {"subscribers", int64(st.Subscribers)}, {"ip_entries", int64(st.IPEntries)}, {"user_entries", int64(st.UserEntries)},
 			{"handshakes", st.Handshakes},
 		} {
 			if c.v != 0 {
@@ -260,6 +260,8 @@ type recorder struct {
 	heartbeat int
 	slow      int
 	dropped   int
+	auth      map[AuthFailure]int
+	users     []string // SessionInfo.User of every opened session
 }
 
 type receivedClose struct {
@@ -268,11 +270,19 @@ type receivedClose struct {
 }
 
 func newRecorder() *recorder {
-	return &recorder{rejected: map[RejectReason]int{}, events: map[BackpressureEvent]int{}}
+	return &recorder{rejected: map[RejectReason]int{}, events: map[BackpressureEvent]int{}, auth: map[AuthFailure]int{}}
 }
 
-func (r *recorder) SessionOpened(ctx context.Context, _ SessionInfo) (context.Context, SessionObserver) {
+func (r *recorder) SessionOpened(ctx context.Context, info SessionInfo) (context.Context, SessionObserver) {
+	r.mu.Lock()
+	r.users = append(r.users, info.User)
+	r.mu.Unlock()
 	return ctx, r
+}
+func (r *recorder) AuthFailed(_ context.Context, reason AuthFailure) {
+	r.mu.Lock()
+	r.auth[reason]++
+	r.mu.Unlock()
 }
 func (r *recorder) UpgradeRejected(_ context.Context, _ *http.Request, reason RejectReason) {
 	r.mu.Lock()
@@ -310,7 +320,11 @@ func (r *recorder) snapshot() *recorder {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	cp := &recorder{heartbeat: r.heartbeat, slow: r.slow, dropped: r.dropped,
-		rejected: map[RejectReason]int{}, events: map[BackpressureEvent]int{}}
+		rejected: map[RejectReason]int{}, events: map[BackpressureEvent]int{}, auth: map[AuthFailure]int{}}
+	for k, v := range r.auth {
+		cp.auth[k] = v
+	}
+	cp.users = append(cp.users, r.users...)
 	for k, v := range r.rejected {
 		cp.rejected[k] = v
 	}

@@ -32,6 +32,9 @@ const (
 	RejectOrigin         RejectReason = "origin"          // 403
 	RejectDraining       RejectReason = "draining"        // 503 + Retry-After
 	RejectBadRequest     RejectReason = "bad_request"     // 400
+	RejectUnauthorized   RejectReason = "unauthorized"    // 401 + WWW-Authenticate
+	RejectForbidden      RejectReason = "forbidden"       // 403: no right to subscribe
+	RejectPerUser        RejectReason = "per_user"        // 429
 )
 
 // Initiator says which side ended a session. The zero value is not an
@@ -62,7 +65,8 @@ const (
 )
 
 // SessionInfo describes a session when it opens. The Server fills every
-// field but Topic (empty for echo); a zero value describes no session.
+// field but Topic (empty for echo) and User (empty with auth.mode none);
+// a zero value describes no session.
 type SessionInfo struct {
 	// ID is unique within the process.
 	ID uint64
@@ -73,6 +77,9 @@ type SessionInfo struct {
 	Topic string
 	// Remote is the peer's address.
 	Remote netip.AddrPort
+	// User is the token's sub with auth.mode jwt, else empty. It can be
+	// personal data: an Observer records it only when told to.
+	User string
 	// Request is the upgrade request (headers carry W3C traceparent).
 	Request *http.Request
 }
@@ -113,6 +120,10 @@ type Observer interface {
 	SessionOpened(ctx context.Context, info SessionInfo) (context.Context, SessionObserver)
 	// UpgradeRejected is called for every refused upgrade.
 	UpgradeRejected(ctx context.Context, r *http.Request, reason RejectReason)
+	// AuthFailed is called for every refused token or missing right:
+	// before UpgradeRejected for a refused upgrade, before the 1008
+	// close for a publish without the right.
+	AuthFailed(ctx context.Context, reason AuthFailure)
 	// AcceptError is called when accept fails; errno is "emfile",
 	// "enfile" or "other".
 	AcceptError(errno string)
@@ -159,6 +170,7 @@ func (nopObserver) SessionOpened(ctx context.Context, _ SessionInfo) (context.Co
 }
 func (nopObserver) UpgradeRejected(context.Context, *http.Request, RejectReason) {}
 func (nopObserver) AcceptError(string)                                           {}
+func (nopObserver) AuthFailed(context.Context, AuthFailure)                      {}
 
 type nopSession struct{}
 

@@ -35,6 +35,7 @@ type Server struct {
 	admin      map[string]http.Handler
 	upgrader   *gws.Upgrader
 
+	auth     *authenticator // nil: auth.mode none
 	fd       *fdGuard
 	adm      *admission
 	sessions *registry
@@ -104,6 +105,11 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 	if cp, ok := s.bus.(ContextPublisher); ok {
 		s.ctxPublish = cp.PublishContext
 	}
+	auth, err := newAuthenticator(cfg.Auth)
+	if err != nil {
+		return nil, fmt.Errorf("invalid configuration: %w", err)
+	}
+	s.auth = auth
 	s.fd = newFDGuard(cfg.Limits.FDHeadroom)
 	s.adm = newAdmission(&s.cfg.Limits, s.fd)
 	s.sessions = newRegistry()
@@ -130,8 +136,17 @@ func (s *Server) now() int64 { return s.clock.Load() }
 // cancelled, then shuts down gracefully (see Shutdown in the README): it
 // returns nil after a clean drain, or the error that stopped a listener.
 // It fails at once when a listener cannot be opened (address in use,
-// permission). Call it once per Server.
+// permission) or, with auth.jwt.jwks_url, when the JWK Set cannot be
+// fetched or holds no usable key. Call it once per Server.
 func (s *Server) Serve(ctx context.Context) error {
+	if s.auth != nil && s.cfg.Auth.JWT.JWKSURL != "" {
+		// The refresh goroutine lives exactly as long as Serve.
+		jctx, stopJWKS := context.WithCancel(context.Background())
+		defer stopJWKS()
+		if err := s.auth.startJWKS(jctx, s.log); err != nil {
+			return err
+		}
+	}
 	pl, err := net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
@@ -322,11 +337,30 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, ep Endpoint, to
 		s.reject(w, r, rej)
 		return
 	}
+	// Tokens are checked before any slot is claimed: a bad token costs
+	// one signature check and holds nothing.
+	var id identity
+	if s.auth != nil {
+		var rej *rejection
+		if id, rej = s.authenticate(r, ep, topic); rej != nil {
+			s.reject(w, r, rej)
+			return
+		}
+	}
+	if rej := s.adm.reserveUser(id.user); rej != nil {
+		s.reject(w, r, rej)
+		return
+	}
 	remote, _ := netip.ParseAddrPort(r.RemoteAddr)
 	ip := remote.Addr().Unmap()
 	if rej := s.adm.reserve(ip); rej != nil {
+		s.adm.releaseUser(id.user)
 		s.reject(w, r, rej)
 		return
+	}
+	release := func() {
+		s.adm.release(ip)
+		s.adm.releaseUser(id.user)
 	}
 	var nc net.Conn
 	var sess *session
@@ -337,15 +371,15 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, ep Endpoint, to
 			sess.finish(errors.New("panic during upgrade"))
 		case nc != nil:
 			_ = nc.Close()
-			s.adm.release(ip)
+			release()
 		default:
-			s.adm.release(ip)
+			release()
 		}
 		return nc != nil
 	})
 	nc, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
-		s.adm.release(ip)
+		release()
 		http.Error(w, "wsd: upgrade failed", http.StatusInternalServerError)
 		return
 	}
@@ -355,7 +389,7 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, ep Endpoint, to
 	guard := newFrameGuard(newBorrowingReader(nc, brw.Reader), s.cfg.Limits.MaxMessageBytes)
 	conn, err := s.upgrader.UpgradeFromConn(gc, bufio.NewReaderSize(guard, frameHeadBuffer), r)
 	if err != nil {
-		s.adm.release(ip) // gws answered 400 and closed the socket
+		release() // gws answered 400 and closed the socket
 		s.obs.UpgradeRejected(r.Context(), r, RejectBadRequest)
 		return
 	}
@@ -363,6 +397,10 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, ep Endpoint, to
 		srv: s, id: s.nextID.Add(1), endpoint: ep, topic: topic, remote: remote,
 		conn: conn, nc: nc, gc: gc, opened: time.Now(), dying: make(chan struct{}),
 		buf: newSendBuffer(&s.cfg.Backpressure, &s.load, &s.clock), guard: guard,
+		user: id.user, canPublish: s.auth == nil || matchTopic(id.rights.Pub, topic),
+	}
+	if !id.expires.IsZero() {
+		sess.expires = id.expires.UnixNano()
 	}
 	guard.sess = sess
 	if lim := s.cfg.Limits; lim.MessageRate > 0 {
@@ -375,7 +413,7 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, ep Endpoint, to
 	// stay reachable for the life of the WebSocket, ~360 B per idle
 	// connection, for values nothing reads (the Observer gets r itself).
 	sess.ctx, sess.obs = s.obs.SessionOpened(context.Background(), SessionInfo{
-		ID: sess.id, Endpoint: ep, Topic: topic, Remote: remote, Request: r,
+		ID: sess.id, Endpoint: ep, Topic: topic, Remote: remote, Request: r, User: id.user,
 	})
 	conn.Session().Store("session", sess)
 
@@ -412,6 +450,7 @@ func (s *Server) unregister(sess *session) {
 	s.sessions.remove(sess)
 	s.endpointCounter(sess.endpoint).Add(-1)
 	s.adm.release(sess.remote.Addr().Unmap())
+	s.adm.releaseUser(sess.user)
 }
 
 func (s *Server) endpointCounter(ep Endpoint) *atomic.Int64 {

@@ -35,6 +35,12 @@ type session struct {
 	limiter  *rate.Limiter // nil: no shaping
 	opened   time.Time
 	unsub    func()
+	// user is the token's sub ("" with auth.mode none); expires is
+	// exp + leeway in Server.now units (0: never); canPublish says
+	// whether the token may publish to topic.
+	user       string
+	expires    int64
+	canPublish bool
 
 	guard       *frameGuard
 	lastSeen    atomic.Int64 // coarse clock (Server.now) of the last frame in
@@ -111,6 +117,11 @@ func (h handler) OnMessage(c *gws.Conn, m *gws.Message) {
 	case EndpointEcho:
 		s.echo(m) // takes ownership of m
 	case EndpointTopic:
+		if !s.canPublish {
+			_ = m.Close()
+			s.publishForbidden()
+			return
+		}
 		payload := append([]byte(nil), m.Bytes()...)
 		op := m.Opcode
 		_ = m.Close()
@@ -366,6 +377,21 @@ func (s *session) goAway() {
 		linger := s.srv.cfg.Shutdown.DrainTimeout + closeLinger
 		s.conn.Async(func() { s.closeWith(CloseGoingAway, reasonShutdown, nil, linger) })
 	})
+}
+
+// publishForbidden closes a session whose token may not publish to its
+// topic: the message is dropped, never fanned out.
+func (s *session) publishForbidden() {
+	s.srv.obs.AuthFailed(s.ctx, AuthPublishForbidden)
+	s.srv.log.LogAttrs(s.ctx, slog.LevelInfo, "publish forbidden", slog.Uint64("conn_id", s.id), slog.String("sub", s.user))
+	s.closeWith(ClosePolicyViolation, reasonPubForbidden, nil, closeLinger)
+}
+
+// tokenExpired closes a session whose token has expired, from the
+// housekeeping sweep.
+func (s *session) tokenExpired() {
+	s.srv.log.LogAttrs(s.ctx, slog.LevelInfo, "token expired", slog.Uint64("conn_id", s.id), slog.String("sub", s.user))
+	go s.closeWith(CloseTokenExpired, reasonTokenExpired, nil, closeLinger)
 }
 
 // heartbeatTimeout closes a silent peer: best-effort 4000, then the

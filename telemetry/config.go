@@ -56,6 +56,10 @@ type Config struct {
 	// message is costly. The tracer's sampler applies on top: a message
 	// span is recorded only in a sampled session.
 	MessageSpans float64 `koanf:"message_spans"`
+	// RecordUserID puts the token's sub (auth.mode jwt) on the session
+	// span as enduser.id. Off by default: a user id can be personal
+	// data, and traces often leave the operator's hands.
+	RecordUserID bool `koanf:"record_user_id"`
 }
 
 // DefaultConfig returns the built-in defaults: everything from the

@@ -42,6 +42,8 @@ const (
 	keyHTTPMethod   = attribute.Key("http.request.method")
 	keyHTTPStatus   = attribute.Key("http.response.status_code")
 	keyURLPath      = attribute.Key("url.path")
+	keyAuthReason   = attribute.Key("ws.auth.reason")
+	keyEndUserID    = attribute.Key("enduser.id")
 )
 
 // sizeSampleEvery: wsd.message.size records one received message in this
@@ -71,6 +73,13 @@ type instruments struct {
 	sessionDuration                            metric.Float64Histogram
 	active, paused, buffered, fdCount, fdLimit metric.Int64Observable
 	panics                                     metric.Int64ObservableCounter
+	authFailures                               metric.Int64ObservableCounter
+
+	// authCounts are the wsd.auth.failures totals, one per
+	// service.AuthFailures entry (same index), so that every reason is
+	// exported from the start, at zero.
+	authCounts []atomic.Int64
+	authSets   []metric.ObserveOption
 
 	meter  metric.Meter
 	eps    [2]endpointOpts    // [0] echo, [1] topic
@@ -144,6 +153,7 @@ func newInstruments(m metric.Meter) (*instruments, error) {
 	in.transitions = counter("wsd.backpressure.transitions", "{transition}", "Send-buffer threshold crossings (warn, pause, resume).")
 	in.dropped = counter("wsd.messages.dropped", "{message}", "Fan-out messages discarded for slow subscribers (slow_consumer: drop).")
 	in.evicted = counter("wsd.slow_consumers.evicted", "{connection}", "Subscribers closed with 1013 as slow consumers.")
+	in.authFailures = observed("wsd.auth.failures", "{failure}", "Refused tokens and missing topic rights, by reason (ws.auth.reason).")
 	in.hbTimeouts = counter("wsd.heartbeat.timeouts", "{connection}", "Connections closed because nothing arrived for ping_interval + pong_timeout.")
 
 	hist := func(name, desc string) metric.Int64Histogram {
@@ -193,6 +203,10 @@ func newInstruments(m metric.Meter) (*instruments, error) {
 		in.bpOpts[i] = []metric.AddOption{metric.WithAttributes(keyBPEvent.String(string(ev)))}
 	}
 	in.dropOpts = []metric.AddOption{metric.WithAttributes(keyDropReason.String("slow_consumer"))}
+	in.authCounts = make([]atomic.Int64, len(service.AuthFailures))
+	for _, r := range service.AuthFailures {
+		in.authSets = append(in.authSets, metric.WithAttributes(keyAuthReason.String(string(r))))
+	}
 
 	reg, err := m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		for i := range in.counts {
@@ -202,8 +216,11 @@ func newInstruments(m metric.Meter) (*instruments, error) {
 			o.ObserveInt64(in.bytesIn, c.bytesIn.Load(), set)
 			o.ObserveInt64(in.bytesOut, c.bytesOut.Load(), set)
 		}
+		for i := range in.authCounts {
+			o.ObserveInt64(in.authFailures, in.authCounts[i].Load(), in.authSets[i])
+		}
 		return nil
-	}, in.msgsIn, in.msgsOut, in.bytesIn, in.bytesOut)
+	}, in.msgsIn, in.msgsOut, in.bytesIn, in.bytesOut, in.authFailures)
 	if err != nil {
 		return nil, err
 	}
@@ -303,4 +320,15 @@ func (in *instruments) unregister() error {
 	}
 	in.regs = nil
 	return errors.Join(errs...)
+}
+
+// authFailed counts one failure; an unknown reason (none exists) is
+// not counted rather than exported as a new series.
+func (in *instruments) authFailed(r service.AuthFailure) {
+	for i, known := range service.AuthFailures {
+		if known == r {
+			in.authCounts[i].Add(1)
+			return
+		}
+	}
 }

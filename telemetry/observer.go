@@ -53,6 +53,9 @@ func (t *Telemetry) SessionOpened(ctx context.Context, info service.SessionInfo)
 	if info.Remote.IsValid() {
 		attrs = append(attrs, keyPeerAddress.String(info.Remote.Addr().Unmap().String()), keyPeerPort.Int(int(info.Remote.Port())))
 	}
+	if t.recordUser && info.User != "" {
+		attrs = append(attrs, keyEndUserID.String(info.User))
+	}
 	ctx, span := t.tracer.Start(ctx, spanSession, trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(attrs...))
 	s := &session{t: t, ep: ep, counts: t.inst.counters(info.Endpoint), endpoint: info.Endpoint, span: span, ctx: ctx}
 	s.msgSpans = t.msgRatio > 0 && span.IsRecording()
@@ -63,10 +66,12 @@ func (t *Telemetry) SessionOpened(ctx context.Context, info service.SessionInfo)
 // (service.RejectReason documents them).
 func rejectStatus(r service.RejectReason) int {
 	switch r {
-	case service.RejectPerIP, service.RejectRate:
+	case service.RejectPerIP, service.RejectRate, service.RejectPerUser:
 		return http.StatusTooManyRequests
-	case service.RejectOrigin:
+	case service.RejectOrigin, service.RejectForbidden:
 		return http.StatusForbidden
+	case service.RejectUnauthorized:
+		return http.StatusUnauthorized
 	case service.RejectBadRequest:
 		return http.StatusBadRequest
 	}
@@ -94,6 +99,13 @@ func (t *Telemetry) UpgradeRejected(ctx context.Context, r *http.Request, reason
 		span.SetStatus(codes.Error, "upgrade rejected: "+string(reason))
 	}
 	span.End()
+}
+
+// AuthFailed implements service.Observer: it counts the failure by
+// reason (wsd.auth.failures). The refused upgrade's own span comes from
+// UpgradeRejected.
+func (t *Telemetry) AuthFailed(_ context.Context, reason service.AuthFailure) {
+	t.inst.authFailed(reason)
 }
 
 // AcceptError implements service.Observer: it counts a failed accept by
@@ -277,7 +289,9 @@ func spanStatus(info service.CloseInfo) (codes.Code, string) {
 	case service.InitiatorAbnormal:
 		return codes.Error, desc
 	case service.InitiatorServer:
-		if info.Code != service.CloseNormal && info.Code != service.CloseGoingAway {
+		// An expired token (4001) is the session's planned end, like
+		// a shutdown: the client reconnects with a fresh one.
+		if info.Code != service.CloseNormal && info.Code != service.CloseGoingAway && info.Code != service.CloseTokenExpired {
 			return codes.Error, desc
 		}
 	case service.InitiatorClient:

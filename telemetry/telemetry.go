@@ -37,16 +37,18 @@ const instrumentationName = "github.com/wsd-dev/wsd/telemetry"
 // implements service.Observer: pass it to service.WithObserver. Create
 // it with New and release it with Shutdown; the zero value is not usable.
 type Telemetry struct {
-	tp        trace.TracerProvider
-	mp        metric.MeterProvider
-	tracer    trace.Tracer
-	prop      propagation.TextMapPropagator
-	inst      *instruments
-	msgRatio  float64 // Config.MessageSpans; 0: off
-	handler   http.Handler
-	logs      otellog.LoggerProvider // nil: no logs bridge
-	exporters string
-	shutdown  []func(context.Context) error // providers we built, in order
+	tp       trace.TracerProvider
+	mp       metric.MeterProvider
+	tracer   trace.Tracer
+	prop     propagation.TextMapPropagator
+	inst     *instruments
+	msgRatio float64 // Config.MessageSpans; 0: off
+	// recordUser is Config.RecordUserID: enduser.id on session spans.
+	recordUser bool
+	handler    http.Handler
+	logs       otellog.LoggerProvider // nil: no logs bridge
+	exporters  string
+	shutdown   []func(context.Context) error // providers we built, in order
 }
 
 var _ service.Observer = (*Telemetry)(nil)
@@ -99,7 +101,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Telemetry, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	t := &Telemetry{prop: o.prop, msgRatio: cfg.MessageSpans}
+	t := &Telemetry{prop: o.prop, msgRatio: cfg.MessageSpans, recordUser: cfg.RecordUserID}
 	fail := func(err error) (*Telemetry, error) {
 		return nil, errors.Join(err, t.Shutdown(ctx))
 	}

@@ -120,6 +120,17 @@ func TestConfigLayers(t *testing.T) {
 			"WSD_BUS__NATS__SUBJECT_PREFIX=prod.eu", "WSD_BUS__NATS__RECONNECT_WAIT=1s", "WSD_BUS__NATS__PENDING_MESSAGES=10"},
 			map[string]string{"bus.kind": "nats", "bus.nats.url": "nats://n1:4222,nats://n2:4222",
 				"bus.nats.subject_prefix": "prod.eu", "bus.nats.reconnect_wait": "1s", "bus.nats.pending_messages": "10"}},
+		{"auth defaults", nil, nil, map[string]string{
+			"auth.mode": "none", "auth.jwt.hmac_secret": "", "auth.jwt.hmac_secret_file": "", "auth.jwt.jwks_url": "",
+			"auth.jwt.issuer": "", "auth.jwt.audience": "", "auth.jwt.leeway": "5s",
+			"limits.max_connections_per_user": "0", "telemetry.record_user_id": "false",
+		}},
+		{"auth from env, file and flags", []string{"--config", writeFile(t, "auth:\n  jwt:\n    issuer: https://idp.example\n    leeway: 2s\n"),
+			"--auth.jwt.audience=wsd", "--limits.max_connections_per_user=3", "--telemetry.record_user_id=true"},
+			[]string{"WSD_AUTH__MODE=jwt", "WSD_AUTH__JWT__HMAC_SECRET=0123456789abcdef0123456789abcdef"},
+			map[string]string{"auth.mode": "jwt", "auth.jwt.hmac_secret": "0123456789abcdef0123456789abcdef",
+				"auth.jwt.issuer": "https://idp.example", "auth.jwt.leeway": "2s", "auth.jwt.audience": "wsd",
+				"limits.max_connections_per_user": "3", "telemetry.record_user_id": "true"}},
 		{"bus from file and flags", []string{"--config", writeFile(t, "bus:\n  kind: nats\n  nats:\n    url: tls://n1:4222\n    tls_ca_file: /ca.pem\n"), "--bus.nats.subject_prefix=x"}, nil,
 			map[string]string{"bus.kind": "nats", "bus.nats.url": "tls://n1:4222", "bus.nats.tls_ca_file": "/ca.pem", "bus.nats.subject_prefix": "x"}},
 	}
@@ -212,6 +223,41 @@ func TestConfigBusInvalid(t *testing.T) {
 			}
 			if !strings.Contains(errOut, tt.wantKey+":") {
 				t.Fatalf("stderr does not name %q:\n%s", tt.wantKey, errOut)
+			}
+		})
+	}
+}
+
+// TestConfigAuthInvalid: with auth.mode jwt, zero or two key sources
+// (or an unreadable secret file) exit 2 before listening, naming the key.
+func TestConfigAuthInvalid(t *testing.T) {
+	secret := "WSD_AUTH__JWT__HMAC_SECRET=0123456789abcdef0123456789abcdef"
+	tests := []struct {
+		name    string
+		args    []string
+		environ []string
+		wantKey string
+	}{
+		{"unknown mode", []string{"--auth.mode=basic"}, nil, "auth.mode"},
+		{"jwt without key", []string{"--auth.mode=jwt"}, nil, "auth.jwt.hmac_secret"},
+		{"secret and jwks", []string{"--auth.mode=jwt", "--auth.jwt.jwks_url=https://idp.example/jwks"}, []string{secret}, "auth.jwt.jwks_url"},
+		{"secret and file", []string{"--auth.mode=jwt", "--auth.jwt.hmac_secret_file=/s"}, []string{secret}, "auth.jwt.hmac_secret_file"},
+		{"short secret", nil, []string{"WSD_AUTH__MODE=jwt", "WSD_AUTH__JWT__HMAC_SECRET=short"}, "auth.jwt.hmac_secret"},
+		{"missing secret file", []string{"--auth.mode=jwt", "--auth.jwt.hmac_secret_file=/nonexistent/secret"}, nil, "auth.jwt.hmac_secret_file"},
+		{"negative leeway", []string{"--auth.jwt.leeway=-1s"}, nil, "auth.jwt.leeway"},
+		{"negative per-user cap", []string{"--limits.max_connections_per_user=-1"}, nil, "limits.max_connections_per_user"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out, errOut := runWsd(t, append(tt.args, "--listen=127.0.0.1:0", "--admin_listen=127.0.0.1:0"), tt.environ)
+			if code != 2 {
+				t.Fatalf("exit %d, want 2; stdout:\n%s\nstderr:\n%s", code, out, errOut)
+			}
+			if !strings.Contains(errOut, tt.wantKey+":") {
+				t.Fatalf("stderr does not name %q:\n%s", tt.wantKey, errOut)
+			}
+			if strings.Contains(errOut, "0123456789abcdef0123456789abcdef") {
+				t.Fatalf("stderr shows the secret:\n%s", errOut)
 			}
 		})
 	}
