@@ -333,3 +333,35 @@ func TestWriteWatchdog(t *testing.T) {
 		})
 	}
 }
+
+// TestPausedSessionEndsWhenWritesFail: a session paused by backpressure
+// whose peer resets ends as soon as its queued writes fail, not at
+// max_paused: the failed writes leave the send buffer (they resume the
+// paused reader, which then sees the broken connection).
+func TestPausedSessionEndsWhenWritesFail(t *testing.T) {
+	ts := runServerWith(t, func(c *Config) {
+		// Neither max_paused nor the write watchdog may end it first.
+		c.Backpressure.MaxPaused, c.Backpressure.WriteTimeout = time.Hour, time.Hour
+	}, smallSendBuffer)
+	c := wstest.MustDialRaw(t, ts.wsURL("/ws/echo"), wstest.WithReadBuffer(4096))
+	payload := make([]byte, 16<<10)
+	for range 32 { // 512 KiB of echoes, above pause_bytes, never read
+		if err := c.WriteFrame(wstest.OpBinary, payload); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wstest.CheckFor(t, 20*time.Second, 5*time.Millisecond, func() error {
+		if p := ts.Load().Paused; p != 1 {
+			return fmt.Errorf("paused=%d, want 1 before the reset", p)
+		}
+		return nil
+	})
+	abortConn(c.Conn)
+	wstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if st := ts.Stats(); st.Connections != 0 || st.Paused != 0 || st.BufferedBytes != 0 {
+			return fmt.Errorf("after the peer's reset (max_paused and write_timeout 1h): connections=%d paused=%d buffered_bytes=%d, want 0 0 0 (failed writes must leave the send buffer)",
+				st.Connections, st.Paused, st.BufferedBytes)
+		}
+		return nil
+	})
+}
