@@ -5,7 +5,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -59,17 +58,12 @@ type clusterOpts struct {
 
 // replica is one wsd of a cluster.
 type replica struct {
+	// wsdProc is the replica's container; a restart by the scenario
+	// re-attaches, taking a new baseline.
+	wsdProc
 	name    string
-	wsd     *wsdcontainer.Container
 	target  chaos.Target
-	checker *chaos.Checker
 	busBase chaos.BusStats
-	// started is the container state at the baseline: the process the
-	// scenario must end with (a restart by the scenario re-attaches).
-	started wsdcontainer.ExitState
-	// clientAddrs are the addresses the replica sees clients connect
-	// from (the network gateway): they must never appear in /metrics.
-	clientAddrs []string
 	// down: the scenario ended this replica; its invariants are not
 	// checked.
 	down bool
@@ -77,12 +71,10 @@ type replica struct {
 
 // cluster is one scenario's running system.
 type cluster struct {
-	t        *testing.T
-	ctx      context.Context
+	scenario
 	nats     *natscontainer.Container
 	tox      *toxiproxy.Container
 	a, b     *replica
-	res      *chaos.Result
 	bound    int64
 	natsBase int
 
@@ -125,7 +117,7 @@ func startCluster(t *testing.T, name, description string, o clusterOpts) *cluste
 	if err != nil {
 		t.Fatalf("create network: %v", err)
 	}
-	c := &cluster{t: t, ctx: ctx, img: wsdImg, nw: nw, res: chaos.NewResult(name, description), urls: map[string]string{}}
+	c := &cluster{scenario: scenario{t: t, ctx: ctx, res: chaos.NewResult(name, description)}, img: wsdImg, nw: nw, urls: map[string]string{}}
 
 	n, err := natscontainer.Run(ctx, natsImg, network.WithNetwork([]string{"nats"}, nw))
 	testcontainers.CleanupContainer(t, n)
@@ -201,7 +193,7 @@ func (c *cluster) startReplica(name string) *replica {
 		c.t.Fatalf("start replica %s: %v", name, err)
 	}
 	c.t.Cleanup(func() { _ = w.Close() })
-	r := &replica{name: name, wsd: w}
+	r := &replica{name: name, wsdProc: wsdProc{wsd: w}}
 	c.attach(r)
 	return r
 }
@@ -218,32 +210,13 @@ func (c *cluster) attach(r *replica) {
 	if err := c.waitBus(r, true, recoverWithin); err != nil {
 		c.fatal("replica %s never connected to the broker: %v", r.name, err)
 	}
-	warm, err := chaos.Dial(ctx, r.target.EchoURL())
-	if err != nil {
-		c.fatal("replica %s warm-up connection: %v", r.name, err)
+	if err := r.baseline(ctx, admin, r.target); err != nil {
+		c.fatal("replica %s: %v", r.name, err)
 	}
-	_ = warm.WriteMessage(chaos.OpText, []byte("warm"))
-	_, _, _ = warm.ReadMessage()
-	_ = warm.CloseGracefully(2 * time.Second)
-	r.checker = chaos.NewChecker(admin, r.wsd.MemoryUsage, chaos.DefaultTolerance)
-	if _, err := r.checker.Baseline(ctx, 10*time.Second); err != nil {
-		c.fatal("replica %s baseline: %v", r.name, err)
-	}
+	var err error
 	if r.busBase, err = admin.BusStats(ctx); err != nil {
 		c.fatal("replica %s bus stats: %v", r.name, err)
 	}
-	if r.started, err = r.wsd.ExitState(ctx); err != nil {
-		c.fatal("replica %s: %v", r.name, err)
-	}
-	r.clientAddrs = nil
-	if insp, err := r.wsd.Inspect(ctx); err == nil {
-		for _, ep := range insp.NetworkSettings.Networks {
-			if ep.Gateway.IsValid() {
-				r.clientAddrs = append(r.clientAddrs, ep.Gateway.String())
-			}
-		}
-	}
-	r.checker.Start(ctx, 250*time.Millisecond)
 }
 
 // bus reads r's bus counters, failing the scenario when it cannot.
@@ -392,16 +365,6 @@ func orOK(s string) string {
 	return s
 }
 
-// check records an invariant and fails the test when it does not hold.
-func (c *cluster) check(name string, pass bool, want, got string, args ...any) bool {
-	c.t.Helper()
-	if !c.res.Check(name, pass, want, got, args...) {
-		c.t.Errorf("%s: want %s, got %s", name, want, fmt.Sprintf(got, args...))
-		return false
-	}
-	return true
-}
-
 // fatal records err as the scenario's failure and stops the test, with
 // the logs of both replicas.
 func (c *cluster) fatal(format string, args ...any) {
@@ -432,9 +395,7 @@ func (c *cluster) finish(quiet time.Duration, extraNATS int, clientValues ...str
 			continue
 		}
 		p := "replica " + r.name + ": "
-		for _, inv := range r.checker.CheckBaseline(ctx, quiet) {
-			c.check(p+inv.Name, inv.Pass, inv.Want, "%s", inv.Got)
-		}
+		c.checkAll(p, r.checker.CheckBaseline(ctx, quiet))
 		var got chaos.BusStats
 		err := chaos.Poll(ctx, quiet, 100*time.Millisecond, func() error {
 			var err error
@@ -456,26 +417,7 @@ func (c *cluster) finish(quiet time.Duration, extraNATS int, clientValues ...str
 			}
 			return nil
 		})
-		r.checker.Stop()
-		inv := r.checker.CheckMemory(c.bound)
-		c.check(p+inv.Name, inv.Pass, inv.Want, "%s", inv.Got)
-		st, err := r.wsd.ExitState(ctx)
-		if err != nil {
-			c.check(p+"container inspectable", false, "inspect ok", "%v", err)
-			continue
-		}
-		c.check(p+"not OOM-killed", !st.OOMKilled, "OOMKilled=false", "OOMKilled=%v", st.OOMKilled)
-		c.check(p+"still running", st.Running, "running", "running=%v exit=%d", st.Running, st.ExitCode)
-		b := r.started
-		c.check(p+"same wsd process as at the baseline", st.Pid == b.Pid && st.RestartCount == b.RestartCount && st.StartedAt.Equal(b.StartedAt),
-			fmt.Sprintf("pid %d, restarts %d, started %s", b.Pid, b.RestartCount, b.StartedAt.Format(time.RFC3339Nano)),
-			"pid %d, restarts %d, started %s", st.Pid, st.RestartCount, st.StartedAt.Format(time.RFC3339Nano))
-		invs, found := r.checker.CheckMetrics(ctx, append(slices.Clone(clientValues), r.clientAddrs...))
-		if c.check(p+"/metrics served", found, "200", "404") {
-			for _, inv := range invs {
-				c.check(p+inv.Name, inv.Pass, inv.Want, "%s", inv.Got)
-			}
-		}
+		r.checkEnd(&c.scenario, p, c.bound, clientValues)
 	}
 	var n int
 	err := chaos.Poll(ctx, quiet, 100*time.Millisecond, func() error {
@@ -501,13 +443,6 @@ func (c *cluster) record() {
 		if c.b != nil && c.b.checker != nil {
 			series = c.b.checker.Stop()
 		}
-		c.res.Finish(series)
-		if c.t.Failed() && c.res.Pass {
-			c.res.Fail(fmt.Errorf("test failed outside a recorded invariant (see go test output)"))
-		}
-		c.t.Logf("%s: pass=%v, %d invariants, %.1fs", c.res.Name, c.res.Pass, len(c.res.Invariants), c.res.Duration.Seconds())
-		resultsMu.Lock()
-		results = append(results, c.res)
-		resultsMu.Unlock()
+		c.store(series)
 	})
 }
