@@ -15,7 +15,6 @@ import (
 	"github.com/testcontainers/testcontainers-go/network"
 
 	"github.com/wsd-dev/wsd/chaos"
-	"github.com/wsd-dev/wsd/chaos/images"
 	"github.com/wsd-dev/wsd/chaos/natscontainer"
 	"github.com/wsd-dev/wsd/chaos/toxiproxy"
 	"github.com/wsd-dev/wsd/chaos/wsdcontainer"
@@ -91,9 +90,22 @@ var clusterImgOnce struct {
 	err  error
 }
 
-func natsImage(ctx context.Context) (string, error) {
+// startNATS builds the NATS image (once per process) and starts the
+// server on nw under alias, removed at test end, pass or fail; it stops
+// the test when it cannot.
+func startNATS(t *testing.T, nw *testcontainers.DockerNetwork, alias string) *natscontainer.Container {
+	t.Helper()
+	ctx := t.Context()
 	clusterImgOnce.Do(func() { clusterImgOnce.nats, clusterImgOnce.err = natscontainer.Image(ctx) })
-	return clusterImgOnce.nats, clusterImgOnce.err
+	if clusterImgOnce.err != nil {
+		t.Fatalf("build the NATS image: %v", clusterImgOnce.err)
+	}
+	n, err := natscontainer.Run(ctx, clusterImgOnce.nats, network.WithNetwork([]string{alias}, nw))
+	testcontainers.CleanupContainer(t, n)
+	if err != nil {
+		t.Fatalf("start nats: %v", err)
+	}
+	return n
 }
 
 // startCluster starts NATS (alias nats), optionally Toxiproxy, and
@@ -102,28 +114,10 @@ func natsImage(ctx context.Context) (string, error) {
 // removed at test end, pass or fail.
 func startCluster(t *testing.T, name, description string, o clusterOpts) *cluster {
 	t.Helper()
-	requireDocker(t)
+	wsdImg, toxImg, nw := prepare(t)
 	ctx := t.Context()
-	wsdImg, toxImg, err := buildImages(ctx)
-	if err != nil {
-		t.Fatalf("build images: %v", err)
-	}
-	natsImg, err := natsImage(ctx)
-	if err != nil {
-		t.Fatalf("build the NATS image: %v", err)
-	}
-	nw, err := network.New(ctx, network.WithLabels(images.SessionLabels()))
-	testcontainers.CleanupNetwork(t, nw)
-	if err != nil {
-		t.Fatalf("create network: %v", err)
-	}
 	c := &cluster{scenario: scenario{t: t, ctx: ctx, res: chaos.NewResult(name, description)}, img: wsdImg, nw: nw, urls: map[string]string{}}
-
-	n, err := natscontainer.Run(ctx, natsImg, network.WithNetwork([]string{"nats"}, nw))
-	testcontainers.CleanupContainer(t, n)
-	if err != nil {
-		t.Fatalf("start nats: %v", err)
-	}
+	n := startNATS(t, nw, "nats")
 	c.nats = n
 	c.urls["a"], c.urls["b"] = n.InternalURL(), n.InternalURL()
 	if o.toxiproxy {
@@ -164,6 +158,7 @@ func startCluster(t *testing.T, name, description string, o clusterOpts) *cluste
 	c.b = c.startReplica("b")
 	// Both replicas connected, no topic yet: the server's subscription
 	// count now is the one the scenario must return to.
+	var err error
 	if c.natsBase, err = c.nats.Subscriptions(ctx); err != nil {
 		c.fatal("nats /subsz: %v", err)
 	}

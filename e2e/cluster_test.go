@@ -10,12 +10,8 @@ import (
 	"time"
 
 	toxiclient "github.com/Shopify/toxiproxy/v2/client"
-	"github.com/testcontainers/testcontainers-go"
-	"github.com/testcontainers/testcontainers-go/network"
 
 	"github.com/wsd-dev/wsd/chaos"
-	"github.com/wsd-dev/wsd/chaos/images"
-	"github.com/wsd-dev/wsd/chaos/natscontainer"
 )
 
 // TestClusterNATSContainer: the natscontainer module's contract. The
@@ -25,20 +21,7 @@ import (
 func TestClusterNATSContainer(t *testing.T) {
 	requireDocker(t)
 	ctx := t.Context()
-	img, err := natsImage(ctx)
-	if err != nil {
-		t.Fatalf("build the NATS image: %v", err)
-	}
-	nw, err := network.New(ctx, network.WithLabels(images.SessionLabels()))
-	testcontainers.CleanupNetwork(t, nw)
-	if err != nil {
-		t.Fatalf("create network: %v", err)
-	}
-	n, err := natscontainer.Run(ctx, img, network.WithNetwork([]string{"broker"}, nw))
-	testcontainers.CleanupContainer(t, n)
-	if err != nil {
-		t.Fatalf("start nats: %v", err)
-	}
+	n := startNATS(t, newNetwork(ctx, t), "broker")
 	if got := n.InternalURL(); got != "nats://broker:4222" {
 		t.Errorf("InternalURL %q, want nats://broker:4222 (the network alias)", got)
 	}

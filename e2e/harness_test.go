@@ -183,22 +183,38 @@ func buildImages(ctx context.Context) (string, string, error) {
 	return imgOnce.wsd, imgOnce.tox, imgOnce.err
 }
 
-// startStack starts the containers on a fresh network, takes the
-// baseline and starts sampling. Everything is removed at test end, pass
-// or fail.
-func startStack(t *testing.T, name, description string, o stackOpts) *stack {
+// prepare skips the test without a Docker engine (fails it under
+// CI=true), builds the wsd and Toxiproxy images and creates the
+// scenario's network; it stops the test when it cannot.
+func prepare(t *testing.T) (wsdImg, toxImg string, nw *testcontainers.DockerNetwork) {
 	t.Helper()
 	requireDocker(t)
-	ctx := t.Context()
-	wsdImg, toxImg, err := buildImages(ctx)
+	wsdImg, toxImg, err := buildImages(t.Context())
 	if err != nil {
 		t.Fatalf("build images: %v", err)
 	}
+	return wsdImg, toxImg, newNetwork(t.Context(), t)
+}
+
+// newNetwork creates a Docker network with the session labels, removed
+// at test end, pass or fail; it stops the test when it cannot.
+func newNetwork(ctx context.Context, t *testing.T) *testcontainers.DockerNetwork {
+	t.Helper()
 	nw, err := network.New(ctx, network.WithLabels(images.SessionLabels()))
 	testcontainers.CleanupNetwork(t, nw)
 	if err != nil {
 		t.Fatalf("create network: %v", err)
 	}
+	return nw
+}
+
+// startStack starts the containers on a fresh network, takes the
+// baseline and starts sampling. Everything is removed at test end, pass
+// or fail.
+func startStack(t *testing.T, name, description string, o stackOpts) *stack {
+	t.Helper()
+	wsdImg, toxImg, nw := prepare(t)
+	ctx := t.Context()
 
 	cfg := service.DefaultConfig()
 	env := map[string]string{}
