@@ -270,6 +270,52 @@ func (c *cluster) waitInterest(within time.Duration, natsSubs int, want map[*rep
 	})
 }
 
+// waitNATSSubs polls until the server has extra subscriptions over its
+// baseline, and returns the last count it read.
+func (c *cluster) waitNATSSubs(extra int, within time.Duration) (int, error) {
+	var n int
+	err := chaos.Poll(c.ctx, within, 100*time.Millisecond, func() error {
+		var err error
+		if n, err = c.nats.Subscriptions(c.ctx); err != nil {
+			return err
+		}
+		if n != c.natsBase+extra {
+			return fmt.Errorf("%d subscriptions over the baseline, want %d", n-c.natsBase, extra)
+		}
+		return nil
+	})
+	return n, err
+}
+
+// joinBoth connects onA members (ids from 1) to topic on replica a and
+// onB (ids from 101) on b, and waits until each replica has them and one
+// broker subscription for the topic; it returns the members and that
+// interest, for waitInterest after a fault.
+func (c *cluster) joinBoth(topic string, onA, onB int) (ma, mb []*chaos.Member, interest map[*replica][2]int) {
+	c.t.Helper()
+	ma = c.join(c.a, topic, 1, onA)
+	mb = c.join(c.b, topic, 101, onB)
+	interest = map[*replica][2]int{c.a: {onA, 1}, c.b: {onB, 1}}
+	if err := c.waitInterest(15*time.Second, 2, interest); err != nil {
+		c.fatal("subscriptions: %v", err)
+	}
+	return ma, mb, interest
+}
+
+// expectRecovery waits up to recoverWithin for interest to be back (the
+// fault ended at since), records that as the invariant name, stops the
+// scenario when it did not recover, and returns how long it took.
+func (c *cluster) expectRecovery(name string, since time.Time, interest map[*replica][2]int) time.Duration {
+	c.t.Helper()
+	err := c.waitInterest(recoverWithin, 2, interest)
+	took := time.Since(since)
+	c.check(name, err == nil, fmt.Sprintf("within %s", recoverWithin), "%.1fs (%s)", took.Seconds(), errText(err))
+	if err != nil {
+		c.fatal("no recovery: %v", err)
+	}
+	return took
+}
+
 // join connects n members with ids from firstID to topic on r.
 func (c *cluster) join(r *replica, topic string, firstID uint32, n int) []*chaos.Member {
 	c.t.Helper()
@@ -414,17 +460,7 @@ func (c *cluster) finish(quiet time.Duration, extraNATS int, clientValues ...str
 		})
 		r.checkEnd(&c.scenario, p, c.bound, clientValues)
 	}
-	var n int
-	err := chaos.Poll(ctx, quiet, 100*time.Millisecond, func() error {
-		var err error
-		if n, err = c.nats.Subscriptions(ctx); err != nil {
-			return err
-		}
-		if n != c.natsBase+extraNATS {
-			return fmt.Errorf("%d subscriptions", n)
-		}
-		return nil
-	})
+	n, err := c.waitNATSSubs(extraNATS, quiet)
 	c.check("nats: subscriptions back to baseline", err == nil, fmt.Sprintf("= %d", c.natsBase+extraNATS), "%d (%s)", n, errText(err))
 }
 
