@@ -35,14 +35,20 @@ func (a *Admin) URL() string { return a.base }
 // Stats fetches /debug/stats.
 func (a *Admin) Stats(ctx context.Context) (service.Stats, error) {
 	var st service.Stats
-	body, err := a.get(ctx, "/debug/stats")
+	err := a.getJSON(ctx, "/debug/stats", &st)
+	return st, err
+}
+
+// getJSON decodes the body of path into v.
+func (a *Admin) getJSON(ctx context.Context, path string, v any) error {
+	body, err := a.get(ctx, path)
 	if err != nil {
-		return st, err
+		return err
 	}
-	if err := json.Unmarshal(body, &st); err != nil {
-		return st, fmt.Errorf("decode /debug/stats: %w", err)
+	if err := json.Unmarshal(body, v); err != nil {
+		return fmt.Errorf("decode %s: %w", path, err)
 	}
-	return st, nil
+	return nil
 }
 
 // Healthz returns nil when /healthz answers 200.

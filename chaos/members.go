@@ -3,7 +3,6 @@ package chaos
 import (
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -29,14 +28,8 @@ type BusStats struct {
 // BusStats fetches the bus fields of /debug/stats.
 func (a *Admin) BusStats(ctx context.Context) (BusStats, error) {
 	var st BusStats
-	body, err := a.get(ctx, "/debug/stats")
-	if err != nil {
-		return st, err
-	}
-	if err := json.Unmarshal(body, &st); err != nil {
-		return st, fmt.Errorf("decode /debug/stats: %w", err)
-	}
-	return st, nil
+	err := a.getJSON(ctx, "/debug/stats", &st)
+	return st, err
 }
 
 // memberMsgLen is a Member message: publisher id (4 bytes) and sequence

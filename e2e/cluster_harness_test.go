@@ -5,7 +5,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,7 +15,6 @@ import (
 	"github.com/testcontainers/testcontainers-go/network"
 
 	"github.com/wsd-dev/wsd/chaos"
-	"github.com/wsd-dev/wsd/chaos/images"
 	"github.com/wsd-dev/wsd/chaos/natscontainer"
 	"github.com/wsd-dev/wsd/chaos/toxiproxy"
 	"github.com/wsd-dev/wsd/chaos/wsdcontainer"
@@ -59,17 +57,12 @@ type clusterOpts struct {
 
 // replica is one wsd of a cluster.
 type replica struct {
+	// wsdProc is the replica's container; a restart by the scenario
+	// re-attaches, taking a new baseline.
+	wsdProc
 	name    string
-	wsd     *wsdcontainer.Container
 	target  chaos.Target
-	checker *chaos.Checker
 	busBase chaos.BusStats
-	// started is the container state at the baseline: the process the
-	// scenario must end with (a restart by the scenario re-attaches).
-	started wsdcontainer.ExitState
-	// clientAddrs are the addresses the replica sees clients connect
-	// from (the network gateway): they must never appear in /metrics.
-	clientAddrs []string
 	// down: the scenario ended this replica; its invariants are not
 	// checked.
 	down bool
@@ -77,12 +70,10 @@ type replica struct {
 
 // cluster is one scenario's running system.
 type cluster struct {
-	t        *testing.T
-	ctx      context.Context
+	scenario
 	nats     *natscontainer.Container
 	tox      *toxiproxy.Container
 	a, b     *replica
-	res      *chaos.Result
 	bound    int64
 	natsBase int
 
@@ -99,9 +90,22 @@ var clusterImgOnce struct {
 	err  error
 }
 
-func natsImage(ctx context.Context) (string, error) {
+// startNATS builds the NATS image (once per process) and starts the
+// server on nw under alias, removed at test end, pass or fail; it stops
+// the test when it cannot.
+func startNATS(t *testing.T, nw *testcontainers.DockerNetwork, alias string) *natscontainer.Container {
+	t.Helper()
+	ctx := t.Context()
 	clusterImgOnce.Do(func() { clusterImgOnce.nats, clusterImgOnce.err = natscontainer.Image(ctx) })
-	return clusterImgOnce.nats, clusterImgOnce.err
+	if clusterImgOnce.err != nil {
+		t.Fatalf("build the NATS image: %v", clusterImgOnce.err)
+	}
+	n, err := natscontainer.Run(ctx, clusterImgOnce.nats, network.WithNetwork([]string{alias}, nw))
+	testcontainers.CleanupContainer(t, n)
+	if err != nil {
+		t.Fatalf("start nats: %v", err)
+	}
+	return n
 }
 
 // startCluster starts NATS (alias nats), optionally Toxiproxy, and
@@ -110,28 +114,10 @@ func natsImage(ctx context.Context) (string, error) {
 // removed at test end, pass or fail.
 func startCluster(t *testing.T, name, description string, o clusterOpts) *cluster {
 	t.Helper()
-	requireDocker(t)
+	wsdImg, toxImg, nw := prepare(t)
 	ctx := t.Context()
-	wsdImg, toxImg, err := buildImages(ctx)
-	if err != nil {
-		t.Fatalf("build images: %v", err)
-	}
-	natsImg, err := natsImage(ctx)
-	if err != nil {
-		t.Fatalf("build the NATS image: %v", err)
-	}
-	nw, err := network.New(ctx, network.WithLabels(images.SessionLabels()))
-	testcontainers.CleanupNetwork(t, nw)
-	if err != nil {
-		t.Fatalf("create network: %v", err)
-	}
-	c := &cluster{t: t, ctx: ctx, img: wsdImg, nw: nw, res: chaos.NewResult(name, description), urls: map[string]string{}}
-
-	n, err := natscontainer.Run(ctx, natsImg, network.WithNetwork([]string{"nats"}, nw))
-	testcontainers.CleanupContainer(t, n)
-	if err != nil {
-		t.Fatalf("start nats: %v", err)
-	}
+	c := &cluster{scenario: scenario{t: t, ctx: ctx, res: chaos.NewResult(name, description)}, img: wsdImg, nw: nw, urls: map[string]string{}}
+	n := startNATS(t, nw, "nats")
 	c.nats = n
 	c.urls["a"], c.urls["b"] = n.InternalURL(), n.InternalURL()
 	if o.toxiproxy {
@@ -172,6 +158,7 @@ func startCluster(t *testing.T, name, description string, o clusterOpts) *cluste
 	c.b = c.startReplica("b")
 	// Both replicas connected, no topic yet: the server's subscription
 	// count now is the one the scenario must return to.
+	var err error
 	if c.natsBase, err = c.nats.Subscriptions(ctx); err != nil {
 		c.fatal("nats /subsz: %v", err)
 	}
@@ -201,7 +188,7 @@ func (c *cluster) startReplica(name string) *replica {
 		c.t.Fatalf("start replica %s: %v", name, err)
 	}
 	c.t.Cleanup(func() { _ = w.Close() })
-	r := &replica{name: name, wsd: w}
+	r := &replica{name: name, wsdProc: wsdProc{wsd: w}}
 	c.attach(r)
 	return r
 }
@@ -218,32 +205,13 @@ func (c *cluster) attach(r *replica) {
 	if err := c.waitBus(r, true, recoverWithin); err != nil {
 		c.fatal("replica %s never connected to the broker: %v", r.name, err)
 	}
-	warm, err := chaos.Dial(ctx, r.target.EchoURL())
-	if err != nil {
-		c.fatal("replica %s warm-up connection: %v", r.name, err)
+	if err := r.baseline(ctx, admin, r.target); err != nil {
+		c.fatal("replica %s: %v", r.name, err)
 	}
-	_ = warm.WriteMessage(chaos.OpText, []byte("warm"))
-	_, _, _ = warm.ReadMessage()
-	_ = warm.CloseGracefully(2 * time.Second)
-	r.checker = chaos.NewChecker(admin, r.wsd.MemoryUsage, chaos.DefaultTolerance)
-	if _, err := r.checker.Baseline(ctx, 10*time.Second); err != nil {
-		c.fatal("replica %s baseline: %v", r.name, err)
-	}
+	var err error
 	if r.busBase, err = admin.BusStats(ctx); err != nil {
 		c.fatal("replica %s bus stats: %v", r.name, err)
 	}
-	if r.started, err = r.wsd.ExitState(ctx); err != nil {
-		c.fatal("replica %s: %v", r.name, err)
-	}
-	r.clientAddrs = nil
-	if insp, err := r.wsd.Inspect(ctx); err == nil {
-		for _, ep := range insp.NetworkSettings.Networks {
-			if ep.Gateway.IsValid() {
-				r.clientAddrs = append(r.clientAddrs, ep.Gateway.String())
-			}
-		}
-	}
-	r.checker.Start(ctx, 250*time.Millisecond)
 }
 
 // bus reads r's bus counters, failing the scenario when it cannot.
@@ -300,6 +268,52 @@ func (c *cluster) waitInterest(within time.Duration, natsSubs int, want map[*rep
 		}
 		return nil
 	})
+}
+
+// waitNATSSubs polls until the server has extra subscriptions over its
+// baseline, and returns the last count it read.
+func (c *cluster) waitNATSSubs(extra int, within time.Duration) (int, error) {
+	var n int
+	err := chaos.Poll(c.ctx, within, 100*time.Millisecond, func() error {
+		var err error
+		if n, err = c.nats.Subscriptions(c.ctx); err != nil {
+			return err
+		}
+		if n != c.natsBase+extra {
+			return fmt.Errorf("%d subscriptions over the baseline, want %d", n-c.natsBase, extra)
+		}
+		return nil
+	})
+	return n, err
+}
+
+// joinBoth connects onA members (ids from 1) to topic on replica a and
+// onB (ids from 101) on b, and waits until each replica has them and one
+// broker subscription for the topic; it returns the members and that
+// interest, for waitInterest after a fault.
+func (c *cluster) joinBoth(topic string, onA, onB int) (ma, mb []*chaos.Member, interest map[*replica][2]int) {
+	c.t.Helper()
+	ma = c.join(c.a, topic, 1, onA)
+	mb = c.join(c.b, topic, 101, onB)
+	interest = map[*replica][2]int{c.a: {onA, 1}, c.b: {onB, 1}}
+	if err := c.waitInterest(15*time.Second, 2, interest); err != nil {
+		c.fatal("subscriptions: %v", err)
+	}
+	return ma, mb, interest
+}
+
+// expectRecovery waits up to recoverWithin for interest to be back (the
+// fault ended at since), records that as the invariant name, stops the
+// scenario when it did not recover, and returns how long it took.
+func (c *cluster) expectRecovery(name string, since time.Time, interest map[*replica][2]int) time.Duration {
+	c.t.Helper()
+	err := c.waitInterest(recoverWithin, 2, interest)
+	took := time.Since(since)
+	c.check(name, err == nil, fmt.Sprintf("within %s", recoverWithin), "%.1fs (%s)", took.Seconds(), errText(err))
+	if err != nil {
+		c.fatal("no recovery: %v", err)
+	}
+	return took
 }
 
 // join connects n members with ids from firstID to topic on r.
@@ -392,16 +406,6 @@ func orOK(s string) string {
 	return s
 }
 
-// check records an invariant and fails the test when it does not hold.
-func (c *cluster) check(name string, pass bool, want, got string, args ...any) bool {
-	c.t.Helper()
-	if !c.res.Check(name, pass, want, got, args...) {
-		c.t.Errorf("%s: want %s, got %s", name, want, fmt.Sprintf(got, args...))
-		return false
-	}
-	return true
-}
-
 // fatal records err as the scenario's failure and stops the test, with
 // the logs of both replicas.
 func (c *cluster) fatal(format string, args ...any) {
@@ -432,9 +436,7 @@ func (c *cluster) finish(quiet time.Duration, extraNATS int, clientValues ...str
 			continue
 		}
 		p := "replica " + r.name + ": "
-		for _, inv := range r.checker.CheckBaseline(ctx, quiet) {
-			c.check(p+inv.Name, inv.Pass, inv.Want, "%s", inv.Got)
-		}
+		c.checkAll(p, r.checker.CheckBaseline(ctx, quiet))
 		var got chaos.BusStats
 		err := chaos.Poll(ctx, quiet, 100*time.Millisecond, func() error {
 			var err error
@@ -456,38 +458,9 @@ func (c *cluster) finish(quiet time.Duration, extraNATS int, clientValues ...str
 			}
 			return nil
 		})
-		r.checker.Stop()
-		inv := r.checker.CheckMemory(c.bound)
-		c.check(p+inv.Name, inv.Pass, inv.Want, "%s", inv.Got)
-		st, err := r.wsd.ExitState(ctx)
-		if err != nil {
-			c.check(p+"container inspectable", false, "inspect ok", "%v", err)
-			continue
-		}
-		c.check(p+"not OOM-killed", !st.OOMKilled, "OOMKilled=false", "OOMKilled=%v", st.OOMKilled)
-		c.check(p+"still running", st.Running, "running", "running=%v exit=%d", st.Running, st.ExitCode)
-		b := r.started
-		c.check(p+"same wsd process as at the baseline", st.Pid == b.Pid && st.RestartCount == b.RestartCount && st.StartedAt.Equal(b.StartedAt),
-			fmt.Sprintf("pid %d, restarts %d, started %s", b.Pid, b.RestartCount, b.StartedAt.Format(time.RFC3339Nano)),
-			"pid %d, restarts %d, started %s", st.Pid, st.RestartCount, st.StartedAt.Format(time.RFC3339Nano))
-		invs, found := r.checker.CheckMetrics(ctx, append(slices.Clone(clientValues), r.clientAddrs...))
-		if c.check(p+"/metrics served", found, "200", "404") {
-			for _, inv := range invs {
-				c.check(p+inv.Name, inv.Pass, inv.Want, "%s", inv.Got)
-			}
-		}
+		r.checkEnd(&c.scenario, p, c.bound, clientValues)
 	}
-	var n int
-	err := chaos.Poll(ctx, quiet, 100*time.Millisecond, func() error {
-		var err error
-		if n, err = c.nats.Subscriptions(ctx); err != nil {
-			return err
-		}
-		if n != c.natsBase+extraNATS {
-			return fmt.Errorf("%d subscriptions", n)
-		}
-		return nil
-	})
+	n, err := c.waitNATSSubs(extraNATS, quiet)
 	c.check("nats: subscriptions back to baseline", err == nil, fmt.Sprintf("= %d", c.natsBase+extraNATS), "%d (%s)", n, errText(err))
 }
 
@@ -501,13 +474,6 @@ func (c *cluster) record() {
 		if c.b != nil && c.b.checker != nil {
 			series = c.b.checker.Stop()
 		}
-		c.res.Finish(series)
-		if c.t.Failed() && c.res.Pass {
-			c.res.Fail(fmt.Errorf("test failed outside a recorded invariant (see go test output)"))
-		}
-		c.t.Logf("%s: pass=%v, %d invariants, %.1fs", c.res.Name, c.res.Pass, len(c.res.Invariants), c.res.Duration.Seconds())
-		resultsMu.Lock()
-		results = append(results, c.res)
-		resultsMu.Unlock()
+		c.store(series)
 	})
 }

@@ -4,18 +4,15 @@ package e2e
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	toxiclient "github.com/Shopify/toxiproxy/v2/client"
-	"github.com/testcontainers/testcontainers-go"
-	"github.com/testcontainers/testcontainers-go/network"
 
 	"github.com/wsd-dev/wsd/chaos"
-	"github.com/wsd-dev/wsd/chaos/images"
-	"github.com/wsd-dev/wsd/chaos/natscontainer"
 )
 
 // TestClusterNATSContainer: the natscontainer module's contract. The
@@ -25,20 +22,7 @@ import (
 func TestClusterNATSContainer(t *testing.T) {
 	requireDocker(t)
 	ctx := t.Context()
-	img, err := natsImage(ctx)
-	if err != nil {
-		t.Fatalf("build the NATS image: %v", err)
-	}
-	nw, err := network.New(ctx, network.WithLabels(images.SessionLabels()))
-	testcontainers.CleanupNetwork(t, nw)
-	if err != nil {
-		t.Fatalf("create network: %v", err)
-	}
-	n, err := natscontainer.Run(ctx, img, network.WithNetwork([]string{"broker"}, nw))
-	testcontainers.CleanupContainer(t, n)
-	if err != nil {
-		t.Fatalf("start nats: %v", err)
-	}
+	n := startNATS(t, newNetwork(ctx, t), "broker")
 	if got := n.InternalURL(); got != "nats://broker:4222" {
 		t.Errorf("InternalURL %q, want nats://broker:4222 (the network alias)", got)
 	}
@@ -69,15 +53,11 @@ func TestClusterCrossReplicaDelivery(t *testing.T) {
 		fmt.Sprintf("%d members per replica on one topic, 2 publishers per replica, %d messages each.", perReplica, msgs),
 		clusterOpts{conns: perReplica})
 	topic := "cluster-fanout"
-	ma := c.join(c.a, topic, 1, perReplica)
-	mb := c.join(c.b, topic, 101, perReplica)
-	if err := c.waitInterest(15*time.Second, 2, map[*replica][2]int{c.a: {perReplica, 1}, c.b: {perReplica, 1}}); err != nil {
-		c.fatal("subscriptions: %v", err)
-	}
+	ma, mb, _ := c.joinBoth(topic, perReplica, perReplica)
 	busA, busB := c.bus(c.a), c.bus(c.b)
 	pubs := []*chaos.Member{ma[0], ma[1], mb[0], mb[1]}
 	c.publish(pubs, 0, msgs, 1000)
-	all := append(append([]*chaos.Member{}, ma...), mb...)
+	all := slices.Concat(ma, mb)
 	c.expectDelivery("every message once, in per-publisher order, on both replicas", all, pubs, 0, msgs, msgs, 20*time.Second)
 	// Each replica sent its own two publishers' messages to the broker
 	// and received the other's: one broker message per published one,
@@ -112,14 +92,9 @@ func TestClusterBrokerRestart(t *testing.T) {
 		fmt.Sprintf("%d members per replica, one publisher each; NATS stopped, %d messages per publisher during the outage, NATS started again.", perReplica, n),
 		clusterOpts{conns: perReplica})
 	topic := "cluster-outage"
-	ma := c.join(c.a, topic, 1, perReplica)
-	mb := c.join(c.b, topic, 101, perReplica)
-	interest := map[*replica][2]int{c.a: {perReplica, 1}, c.b: {perReplica, 1}}
-	if err := c.waitInterest(15*time.Second, 2, interest); err != nil {
-		c.fatal("subscriptions: %v", err)
-	}
+	ma, mb, interest := c.joinBoth(topic, perReplica, perReplica)
 	pubs := []*chaos.Member{ma[0], mb[0]}
-	all := append(append([]*chaos.Member{}, ma...), mb...)
+	all := slices.Concat(ma, mb)
 	c.publish(pubs, 0, n, 500)
 	c.expectDelivery("before: every message on both replicas", all, pubs, 0, n, n, 15*time.Second)
 
@@ -154,12 +129,7 @@ func TestClusterBrokerRestart(t *testing.T) {
 	if err := c.nats.Start(c.ctx); err != nil {
 		c.fatal("start nats: %v", err)
 	}
-	err = c.waitInterest(recoverWithin, 2, interest)
-	took := time.Since(restarted)
-	c.check("recovery: both replicas reconnected and resubscribed", err == nil, fmt.Sprintf("within %s", recoverWithin), "%.1fs (%s)", took.Seconds(), errText(err))
-	if err != nil {
-		c.fatal("no recovery: %v", err)
-	}
+	took := c.expectRecovery("recovery: both replicas reconnected and resubscribed", restarted, interest)
 	c.res.Note("cross-replica delivery resumed %.1fs after NATS was started again", took.Seconds())
 	c.publish(pubs, 2*n, 3*n, 500)
 	c.expectDelivery("after: every message on both replicas", all, pubs, 2*n, 3*n, n, 15*time.Second)
@@ -199,14 +169,9 @@ func TestClusterBrokerLinkFaults(t *testing.T) {
 		c.fatal("%v", err)
 	}
 	topic := "cluster-link"
-	ma := c.join(c.a, topic, 1, perReplica)
-	mb := c.join(c.b, topic, 101, perReplica)
-	interest := map[*replica][2]int{c.a: {perReplica, 1}, c.b: {perReplica, 1}}
-	if err := c.waitInterest(15*time.Second, 2, interest); err != nil {
-		c.fatal("subscriptions: %v", err)
-	}
+	ma, mb, interest := c.joinBoth(topic, perReplica, perReplica)
 	pubs := []*chaos.Member{ma[0], mb[0]}
-	all := append(append([]*chaos.Member{}, ma...), mb...)
+	all := slices.Concat(ma, mb)
 	addToxic := func(name, typ, stream string, attrs toxiclient.Attributes) {
 		t.Helper()
 		if _, err := proxy.AddToxic(name, typ, stream, 1, attrs); err != nil {
@@ -265,13 +230,7 @@ func TestClusterBrokerLinkFaults(t *testing.T) {
 	if err := c.tox.ResetToxics(); err != nil {
 		c.fatal("%v", err)
 	}
-	restored := time.Now()
-	err = c.waitInterest(recoverWithin, 2, interest)
-	took := time.Since(restored)
-	c.check("recovery: a reconnected and resubscribed", err == nil, fmt.Sprintf("within %s", recoverWithin), "%.1fs (%s)", took.Seconds(), errText(err))
-	if err != nil {
-		c.fatal("no recovery: %v", err)
-	}
+	took := c.expectRecovery("recovery: a reconnected and resubscribed", time.Now(), interest)
 	c.res.Note("a back on the bus %.1fs after the link was restored", took.Seconds())
 	c.publish(pubs, 2*n, 3*n, 200)
 	c.expectDelivery("after: every message on both replicas", all, pubs, 2*n, 3*n, n, 15*time.Second)
@@ -300,14 +259,10 @@ func TestClusterReplicaKilled(t *testing.T) {
 		fmt.Sprintf("%d members on a, %d on b; SIGKILL a; b keeps serving; a started again.", onA, onB),
 		clusterOpts{conns: onA})
 	topic := "cluster-kill"
-	ma := c.join(c.a, topic, 1, onA)
-	mb := c.join(c.b, topic, 101, onB)
-	if err := c.waitInterest(15*time.Second, 2, map[*replica][2]int{c.a: {onA, 1}, c.b: {onB, 1}}); err != nil {
-		c.fatal("subscriptions: %v", err)
-	}
+	ma, mb, _ := c.joinBoth(topic, onA, onB)
 	pub := mb[0]
 	c.publish([]*chaos.Member{pub}, 0, n, 500)
-	c.expectDelivery("before: b's messages on both replicas", append(append([]*chaos.Member{}, ma...), mb...), []*chaos.Member{pub}, 0, n, n, 15*time.Second)
+	c.expectDelivery("before: b's messages on both replicas", slices.Concat(ma, mb), []*chaos.Member{pub}, 0, n, n, 15*time.Second)
 
 	c.res.Fault("SIGKILL replica a with %d clients", onA)
 	if err := c.a.wsd.Signal(c.ctx, "SIGKILL"); err != nil {
@@ -333,17 +288,7 @@ func TestClusterReplicaKilled(t *testing.T) {
 	})
 	c.check("a's clients see their connection end, without a close frame", err == nil && codes == 0,
 		fmt.Sprintf("%d ended, 0 close frames", onA), "%d ended, %d close frames (%s)", ended, codes, errText(err))
-	var subs int
-	err = chaos.Poll(c.ctx, 15*time.Second, 100*time.Millisecond, func() error {
-		var err error
-		if subs, err = c.nats.Subscriptions(c.ctx); err != nil {
-			return err
-		}
-		if subs != c.natsBase+1 {
-			return fmt.Errorf("%d subscriptions over the baseline", subs-c.natsBase)
-		}
-		return nil
-	})
+	subs, err := c.waitNATSSubs(1, 15*time.Second)
 	c.check("the broker dropped the dead replica's interest", err == nil, fmt.Sprintf("/subsz = %d (b's only)", c.natsBase+1), "%d (%s)", subs, errText(err))
 
 	// b serves its members and a newcomer; its publishes have no remote
@@ -351,7 +296,7 @@ func TestClusterReplicaKilled(t *testing.T) {
 	late := c.join(c.b, topic, 200, 1)
 	busB := c.bus(c.b)
 	c.publish([]*chaos.Member{pub}, n, 2*n, 500)
-	c.expectDelivery("b keeps serving old and new members", append(append([]*chaos.Member{}, mb...), late...), []*chaos.Member{pub}, n, 2*n, n, 15*time.Second)
+	c.expectDelivery("b keeps serving old and new members", slices.Concat(mb, late), []*chaos.Member{pub}, n, 2*n, n, 15*time.Second)
 	b2 := c.bus(c.b)
 	c.check("b unaffected: connected, nothing dropped", b2.Connected && b2.Dropped == busB.Dropped, "bus_connected, bus_dropped_total unchanged",
 		"connected %v, dropped +%d", b2.Connected, b2.Dropped-busB.Dropped)
@@ -380,11 +325,7 @@ func TestClusterRollingRestart(t *testing.T) {
 		fmt.Sprintf("%d members on a, %d on b, a publisher on b at 100 msg/s; SIGTERM a (drain_timeout %s), its members move to b; a started again.", onA, onB, drain),
 		clusterOpts{conns: onA + onB, config: map[string]string{"shutdown.drain_timeout": drain.String()}})
 	topic := "cluster-rolling"
-	ma := c.join(c.a, topic, 1, onA)
-	mb := c.join(c.b, topic, 101, onB)
-	if err := c.waitInterest(15*time.Second, 2, map[*replica][2]int{c.a: {onA, 1}, c.b: {onB, 1}}); err != nil {
-		c.fatal("subscriptions: %v", err)
-	}
+	ma, mb, _ := c.joinBoth(topic, onA, onB)
 	pub := mb[0]
 	// The publisher runs until stopped, at most 60s (600 messages).
 	var sent atomic.Uint64
@@ -514,7 +455,7 @@ func TestClusterRollingRestart(t *testing.T) {
 		return nil
 	})
 	c.check("b's own members miss nothing", err == nil, fmt.Sprintf("all %d messages, once, in order", total), "%s", errText(err))
-	for _, m := range append(append([]*chaos.Member{}, ma...), back...) {
+	for _, m := range slices.Concat(ma, back) {
 		if d := chaos.DeliveryOf(m.Seqs(pub.ID), 0, total); !d.Ordered {
 			bad += fmt.Sprintf("member %d out of order or duplicated; ", m.ID)
 		}

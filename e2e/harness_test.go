@@ -136,24 +136,35 @@ var suiteConfig = map[string]string{
 	"log.level":                     "warn",
 }
 
-// stack is one scenario's running system.
-type stack struct {
-	t       *testing.T
-	ctx     context.Context
+// scenario is what every scenario (a stack, a cluster) records into.
+type scenario struct {
+	t   *testing.T
+	ctx context.Context
+	res *chaos.Result
+}
+
+// wsdProc is one wsd container of a scenario and what its end is
+// checked against.
+type wsdProc struct {
 	wsd     *wsdcontainer.Container
-	tox     *toxiproxy.Container
-	target  chaos.Target
-	proxied chaos.Target // through Toxiproxy (zero without it)
 	checker *chaos.Checker
-	res     *chaos.Result
-	cfg     service.Config
-	bound   int64
+	// started is the container state at the baseline: the process the
+	// scenario must end with.
+	started wsdcontainer.ExitState
 	// clientAddrs are the addresses wsd sees clients connect from (the
 	// network gateway): they must never appear in /metrics.
 	clientAddrs []string
-	// started is the container state at the baseline: the process a
-	// scenario must end with.
-	started wsdcontainer.ExitState
+}
+
+// stack is one scenario's running system.
+type stack struct {
+	scenario
+	wsdProc
+	tox     *toxiproxy.Container
+	target  chaos.Target
+	proxied chaos.Target // through Toxiproxy (zero without it)
+	cfg     service.Config
+	bound   int64
 }
 
 var imgOnce struct {
@@ -172,22 +183,38 @@ func buildImages(ctx context.Context) (string, string, error) {
 	return imgOnce.wsd, imgOnce.tox, imgOnce.err
 }
 
-// startStack starts the containers on a fresh network, takes the
-// baseline and starts sampling. Everything is removed at test end, pass
-// or fail.
-func startStack(t *testing.T, name, description string, o stackOpts) *stack {
+// prepare skips the test without a Docker engine (fails it under
+// CI=true), builds the wsd and Toxiproxy images and creates the
+// scenario's network; it stops the test when it cannot.
+func prepare(t *testing.T) (wsdImg, toxImg string, nw *testcontainers.DockerNetwork) {
 	t.Helper()
 	requireDocker(t)
-	ctx := t.Context()
-	wsdImg, toxImg, err := buildImages(ctx)
+	wsdImg, toxImg, err := buildImages(t.Context())
 	if err != nil {
 		t.Fatalf("build images: %v", err)
 	}
+	return wsdImg, toxImg, newNetwork(t.Context(), t)
+}
+
+// newNetwork creates a Docker network with the session labels, removed
+// at test end, pass or fail; it stops the test when it cannot.
+func newNetwork(ctx context.Context, t *testing.T) *testcontainers.DockerNetwork {
+	t.Helper()
 	nw, err := network.New(ctx, network.WithLabels(images.SessionLabels()))
 	testcontainers.CleanupNetwork(t, nw)
 	if err != nil {
 		t.Fatalf("create network: %v", err)
 	}
+	return nw
+}
+
+// startStack starts the containers on a fresh network, takes the
+// baseline and starts sampling. Everything is removed at test end, pass
+// or fail.
+func startStack(t *testing.T, name, description string, o stackOpts) *stack {
+	t.Helper()
+	wsdImg, toxImg, nw := prepare(t)
+	ctx := t.Context()
 
 	cfg := service.DefaultConfig()
 	env := map[string]string{}
@@ -225,15 +252,8 @@ func startStack(t *testing.T, name, description string, o stackOpts) *stack {
 	}
 	t.Cleanup(func() { _ = wsd.Close() })
 
-	s := &stack{t: t, ctx: ctx, wsd: wsd, cfg: cfg, bound: bound, res: chaos.NewResult(name, description)}
+	s := &stack{scenario: scenario{t: t, ctx: ctx, res: chaos.NewResult(name, description)}, wsdProc: wsdProc{wsd: wsd}, cfg: cfg, bound: bound}
 	s.res.MemoryBound = bound
-	if insp, err := wsd.Inspect(ctx); err == nil {
-		for _, ep := range insp.NetworkSettings.Networks {
-			if ep.Gateway.IsValid() {
-				s.clientAddrs = append(s.clientAddrs, ep.Gateway.String())
-			}
-		}
-	}
 	admin := chaos.NewAdmin(wsd.AdminURL())
 	t.Cleanup(admin.Close)
 	s.target = chaos.Target{WS: wsd.WSURL(), Admin: admin}
@@ -253,24 +273,10 @@ func startStack(t *testing.T, name, description string, o stackOpts) *stack {
 	}
 	s.res.Note("wsd config: %s; memory limit %s; nofile %s", configLine(o.config), chaos.MiB(bound), nofileText(o.nofile))
 
-	s.checker = chaos.NewChecker(admin, wsd.MemoryUsage, chaos.DefaultTolerance)
-	// Warm up: one echo round trip so that lazily started runtime and
-	// server machinery is in the baseline, not counted as a leak.
-	warm, err := chaos.Dial(ctx, s.target.EchoURL())
-	if err != nil {
-		t.Fatalf("warm-up connection: %v\n%s", err, wsd.LogText(ctx))
+	if err := s.baseline(ctx, admin, s.target); err != nil {
+		t.Fatalf("%v\nwsd logs:\n%s", err, wsd.LogText(ctx))
 	}
-	_ = warm.WriteMessage(chaos.OpText, []byte("warm"))
-	_, _, _ = warm.ReadMessage()
-	_ = warm.CloseGracefully(2 * time.Second)
-	if _, err := s.checker.Baseline(ctx, 10*time.Second); err != nil {
-		t.Fatalf("baseline: %v", err)
-	}
-	if s.started, err = wsd.ExitState(ctx); err != nil {
-		t.Fatalf("inspect wsd: %v", err)
-	}
-	s.checker.Start(ctx, 250*time.Millisecond)
-	t.Cleanup(func() { s.record() })
+	t.Cleanup(func() { s.store(s.checker.Stop()) })
 	return s
 }
 
@@ -294,13 +300,96 @@ func nofileText(n int64) string {
 }
 
 // check records an invariant and fails the test when it does not hold.
-func (s *stack) check(name string, pass bool, want, got string, args ...any) bool {
+func (s *scenario) check(name string, pass bool, want, got string, args ...any) bool {
 	s.t.Helper()
 	if !s.res.Check(name, pass, want, got, args...) {
 		s.t.Errorf("%s: want %s, got %s", name, want, fmt.Sprintf(got, args...))
 		return false
 	}
 	return true
+}
+
+// checkAll records invs, their names prefixed with prefix.
+func (s *scenario) checkAll(prefix string, invs []chaos.Invariant) {
+	s.t.Helper()
+	for _, inv := range invs {
+		s.check(prefix+inv.Name, inv.Pass, inv.Want, "%s", inv.Got)
+	}
+}
+
+// store finishes the result with series (the memory samples the report
+// charts) and stores it for the report; it runs at test cleanup.
+func (s *scenario) store(series []chaos.Sample) {
+	s.res.Finish(series)
+	if s.t.Failed() && s.res.Pass {
+		s.res.Fail(fmt.Errorf("test failed outside a recorded invariant (see go test output)"))
+	}
+	s.t.Logf("%s: pass=%v, %d invariants, %d samples, %.1fs", s.res.Name, s.res.Pass, len(s.res.Invariants), len(s.res.Series), s.res.Duration.Seconds())
+	resultsMu.Lock()
+	results = append(results, s.res)
+	resultsMu.Unlock()
+}
+
+// baseline warms p up through target (one echo round trip, so that
+// lazily started runtime and server machinery is in the baseline, not
+// counted as a leak), takes the checker's baseline, the process state
+// and the client addresses, and starts sampling.
+func (p *wsdProc) baseline(ctx context.Context, admin *chaos.Admin, target chaos.Target) error {
+	warm, err := chaos.Dial(ctx, target.EchoURL())
+	if err != nil {
+		return fmt.Errorf("warm-up connection: %w", err)
+	}
+	_ = warm.WriteMessage(chaos.OpText, []byte("warm"))
+	_, _, _ = warm.ReadMessage()
+	_ = warm.CloseGracefully(2 * time.Second)
+	p.checker = chaos.NewChecker(admin, p.wsd.MemoryUsage, chaos.DefaultTolerance)
+	if _, err := p.checker.Baseline(ctx, 10*time.Second); err != nil {
+		return fmt.Errorf("baseline: %w", err)
+	}
+	if p.started, err = p.wsd.ExitState(ctx); err != nil {
+		return fmt.Errorf("inspect wsd: %w", err)
+	}
+	p.clientAddrs = nil
+	if insp, err := p.wsd.Inspect(ctx); err == nil {
+		for _, ep := range insp.NetworkSettings.Networks {
+			if ep.Gateway.IsValid() {
+				p.clientAddrs = append(p.clientAddrs, ep.Gateway.String())
+			}
+		}
+	}
+	p.checker.Start(ctx, 250*time.Millisecond)
+	return nil
+}
+
+// checkEnd records on s the invariants every wsd ends a scenario with,
+// each name prefixed with prefix ("replica a: " in a cluster): memory
+// under bound over the run (it stops the checker), no OOM kill, still
+// the process of the baseline (no crash, no restart), and /metrics
+// served, consistent with /debug/stats and free of clientValues and the
+// client addresses.
+func (p *wsdProc) checkEnd(s *scenario, prefix string, bound int64, clientValues []string) {
+	s.t.Helper()
+	p.checker.Stop()
+	inv := p.checker.CheckMemory(bound)
+	s.check(prefix+inv.Name, inv.Pass, inv.Want, "%s", inv.Got)
+	st, err := p.wsd.ExitState(s.ctx)
+	if err != nil {
+		s.check(prefix+"wsd container inspectable", false, "inspect ok", "%v", err)
+	} else {
+		s.check(prefix+"not OOM-killed", !st.OOMKilled, "OOMKilled=false", "OOMKilled=%v", st.OOMKilled)
+		s.check(prefix+"wsd still running", st.Running, "running", "running=%v exit=%d", st.Running, st.ExitCode)
+		b := p.started
+		s.check(prefix+"the same wsd process (no crash, no restart)",
+			st.Pid == b.Pid && st.RestartCount == b.RestartCount && st.StartedAt.Equal(b.StartedAt),
+			fmt.Sprintf("pid %d, restarts %d, started %s", b.Pid, b.RestartCount, b.StartedAt.Format(time.RFC3339Nano)),
+			"pid %d, restarts %d, started %s", st.Pid, st.RestartCount, st.StartedAt.Format(time.RFC3339Nano))
+	}
+	invs, found := p.checker.CheckMetrics(s.ctx, append(slices.Clone(clientValues), p.clientAddrs...))
+	// Every scenario runs wsd's default telemetry, which serves /metrics:
+	// a 404 is a regression, not a reason to skip the cross-checks.
+	if s.check(prefix+"/metrics served", found, "200", "404") {
+		s.checkAll(prefix, invs)
+	}
 }
 
 // fatal records err as the scenario's failure and stops the test.
@@ -312,56 +401,12 @@ func (s *stack) fatal(format string, args ...any) {
 }
 
 // finish asserts the shared invariants: counters back to the baseline
-// within quiet, memory under the bound, no OOM kill, the admin listener
-// alive, no client-controlled value in /metrics.
+// within quiet, then checkEnd's (memory under the bound, no OOM kill,
+// the same process, /metrics consistent and free of clientValues).
 func (s *stack) finish(quiet time.Duration, clientValues ...string) {
 	s.t.Helper()
-	ctx := s.ctx
-	for _, inv := range s.checker.CheckBaseline(ctx, quiet) {
-		s.check(inv.Name, inv.Pass, inv.Want, "%s", inv.Got)
-	}
-	s.checker.Stop()
-	inv := s.checker.CheckMemory(s.bound)
-	s.check(inv.Name, inv.Pass, inv.Want, "%s", inv.Got)
-	st, err := s.wsd.ExitState(ctx)
-	if err != nil {
-		s.check("wsd container inspectable", false, "inspect ok", "%v", err)
-	} else {
-		s.check("not OOM-killed", !st.OOMKilled, "OOMKilled=false", "OOMKilled=%v", st.OOMKilled)
-		s.check("wsd still running", st.Running, "running", "running=%v exit=%d", st.Running, st.ExitCode)
-		b := s.started
-		s.check("the same wsd process (no crash, no restart)",
-			st.Pid == b.Pid && st.RestartCount == b.RestartCount && st.StartedAt.Equal(b.StartedAt),
-			fmt.Sprintf("pid %d, restarts %d, started %s", b.Pid, b.RestartCount, b.StartedAt.Format(time.RFC3339Nano)),
-			"pid %d, restarts %d, started %s", st.Pid, st.RestartCount, st.StartedAt.Format(time.RFC3339Nano))
-	}
-	s.checkMetrics(clientValues)
-}
-
-// checkMetrics cross-checks /metrics with /debug/stats when wsd serves
-// it (chaos.Checker.CheckMetrics).
-func (s *stack) checkMetrics(clientValues []string) {
-	invs, found := s.checker.CheckMetrics(s.ctx, append(clientValues, s.clientAddrs...))
-	// Every scenario runs wsd's default telemetry, which serves /metrics:
-	// a 404 is a regression, not a reason to skip the cross-checks.
-	if !s.check("/metrics served", found, "200", "404") {
-		return
-	}
-	for _, inv := range invs {
-		s.check(inv.Name, inv.Pass, inv.Want, "%s", inv.Got)
-	}
-}
-
-// record stores the result for the report (runs at test cleanup).
-func (s *stack) record() {
-	s.res.Finish(s.checker.Stop())
-	if s.t.Failed() && s.res.Pass {
-		s.res.Fail(fmt.Errorf("test failed outside a recorded invariant (see go test output)"))
-	}
-	s.t.Logf("%s: pass=%v, %d invariants, %d samples, %.1fs", s.res.Name, s.res.Pass, len(s.res.Invariants), len(s.res.Series), s.res.Duration.Seconds())
-	resultsMu.Lock()
-	results = append(results, s.res)
-	resultsMu.Unlock()
+	s.checkAll("", s.checker.CheckBaseline(s.ctx, quiet))
+	s.checkEnd(&s.scenario, "", s.bound, clientValues)
 }
 
 func tail(s string, lines int) string {

@@ -57,11 +57,7 @@ func TestTracesLandInJaeger(t *testing.T) {
 		t.Fatalf("wsd image: %v", err)
 	}
 
-	nw, err := network.New(ctx, network.WithLabels(images.SessionLabels()))
-	testcontainers.CleanupNetwork(t, nw)
-	if err != nil {
-		t.Fatalf("network: %v", err)
-	}
+	nw := newNetwork(ctx, t)
 	j, err := jaeger.Run(ctx, jImg, network.WithNetwork([]string{"jaeger"}, nw))
 	testcontainers.CleanupContainer(t, j)
 	if err != nil {

@@ -13,7 +13,6 @@ import (
 	"github.com/testcontainers/testcontainers-go/network"
 
 	"github.com/wsd-dev/wsd/chaos"
-	"github.com/wsd-dev/wsd/chaos/images"
 	"github.com/wsd-dev/wsd/chaos/wsdcontainer"
 )
 
@@ -31,11 +30,7 @@ func TestMemoryLimitTurnsALeakIntoADetectedOOMKill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nw, err := network.New(ctx, network.WithLabels(images.SessionLabels()))
-	testcontainers.CleanupNetwork(t, nw)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nw := newNetwork(ctx, t)
 	const limit = 24 << 20
 	res := chaos.NewResult("oom-detection", "Self-check: 40 non-reading echo flooders against wsd with 1 MiB pause_bytes under a 24 MiB memory limit; the harness must report the OOM kill.")
 	res.Fault("memory limit %s, 40 flooders × 4 MiB, repeated until wsd dies (60s at most)", chaos.MiB(limit))

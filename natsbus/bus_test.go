@@ -28,40 +28,33 @@ func seq(prefix string, n int) []string {
 // of its topic on A and on B exactly once each, in the publisher's
 // order, and never the publisher itself.
 func TestAcrossReplicas(t *testing.T) {
-	ns := startNATS(t, -1)
-	a := startReplica(t, "A", testBusConfig(ns))
-	b := startReplica(t, "B", testBusConfig(ns))
-
-	pub := subscribe(t, a, "room")
-	localSub := subscribe(t, a, "room")
-	remoteSub := subscribe(t, b, "room")
-	link(t, pub, remoteSub)
+	r := startRoom(t)
 
 	const n = 500
 	want := seq("msg", n)
 	for _, m := range want {
-		pub.send(t, m)
+		r.pub.send(t, m)
 	}
-	waitTexts(t, remoteSub, "subscriber on B", want)
-	waitTexts(t, localSub, "subscriber on A", want)
+	waitTexts(t, r.remoteSub, "subscriber on B", want)
+	waitTexts(t, r.localSub, "subscriber on A", want)
 
 	// A reply from B's side travels back through the broker on the same
 	// connection as any echo of A's own messages would have: once A has
 	// it, an echo (a duplicate) would have been received before it.
-	remoteSub.send(t, "back")
-	waitTexts(t, localSub, "subscriber on A", append(want, "back"))
-	waitTexts(t, pub, "publisher on A", []string{"back"})
-	if got := remoteSub.texts(); len(got) != n {
+	r.remoteSub.send(t, "back")
+	waitTexts(t, r.localSub, "subscriber on A", append(want, "back"))
+	waitTexts(t, r.pub, "publisher on A", []string{"back"})
+	if got := r.remoteSub.texts(); len(got) != n {
 		t.Fatalf("subscriber on B received %d messages, want exactly %d (its own reply must not come back)", len(got), n)
 	}
-	stA, stB := a.srv.Stats(), b.srv.Stats()
+	stA, stB := r.a.srv.Stats(), r.b.srv.Stats()
 	if stA.BusReceivedTotal != 1 {
 		t.Fatalf("A received %d messages from the broker, want exactly 1 (B's reply): A's own messages came back", stA.BusReceivedTotal)
 	}
 	if stA.BusDroppedTotal != 0 || stB.BusDroppedTotal != 0 {
 		t.Fatalf("dropped totals A %d B %d with the broker up, want 0", stA.BusDroppedTotal, stB.BusDroppedTotal)
 	}
-	if probes := int64(localSub.probes()); stA.BusPublishedTotal != n+probes || stB.BusPublishedTotal != 1 {
+	if probes := int64(r.localSub.probes()); stA.BusPublishedTotal != n+probes || stB.BusPublishedTotal != 1 {
 		t.Fatalf("published totals A %d (want %d messages + %d probes) B %d (want 1)", stA.BusPublishedTotal, n, probes, stB.BusPublishedTotal)
 	}
 	if !stA.BusConnected || !stB.BusConnected || stA.BusSubscriptions != 1 || stB.BusSubscriptions != 1 {
@@ -144,29 +137,23 @@ func TestBrokerRestart(t *testing.T) {
 // is false, /readyz stays 200, and every message published meanwhile is
 // counted as lost for the other replicas.
 func TestBrokerGone(t *testing.T) {
-	ns := startNATS(t, -1)
-	a := startReplica(t, "A", testBusConfig(ns))
-	b := startReplica(t, "B", testBusConfig(ns))
-	pub := subscribe(t, a, "room")
-	localSub := subscribe(t, a, "room")
-	remoteSub := subscribe(t, b, "room")
-	link(t, pub, remoteSub)
+	r := startRoom(t)
 
-	stopNATS(ns)
-	before := waitStats(t, a, "bus_connected false", func(st service.Stats) bool { return !st.BusConnected })
+	stopNATS(r.ns)
+	before := waitStats(t, r.a, "bus_connected false", func(st service.Stats) bool { return !st.BusConnected })
 	const n = 50
 	want := seq("offline", n)
 	for _, m := range want {
-		pub.send(t, m)
+		r.pub.send(t, m)
 	}
-	waitTexts(t, localSub, "subscriber on A", want)
-	waitStats(t, a, fmt.Sprintf("bus_dropped_total %d", before.BusDroppedTotal+n), func(st service.Stats) bool {
+	waitTexts(t, r.localSub, "subscriber on A", want)
+	waitStats(t, r.a, fmt.Sprintf("bus_dropped_total %d", before.BusDroppedTotal+n), func(st service.Stats) bool {
 		return st.BusDroppedTotal == before.BusDroppedTotal+n
 	})
-	if st := a.srv.Stats(); st.BusPublishedTotal != before.BusPublishedTotal || st.BusConnected {
+	if st := r.a.srv.Stats(); st.BusPublishedTotal != before.BusPublishedTotal || st.BusConnected {
 		t.Fatalf("offline: published total %d -> %d, connected %v: want unchanged and false", before.BusPublishedTotal, st.BusPublishedTotal, st.BusConnected)
 	}
-	resp, err := http.Get("http://" + a.srv.AdminAddr().String() + "/readyz")
+	resp, err := http.Get("http://" + r.a.srv.AdminAddr().String() + "/readyz")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +161,7 @@ func TestBrokerGone(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("/readyz answered %d with the broker gone, want 200 (local delivery works)", resp.StatusCode)
 	}
-	if got := remoteSub.texts(); len(got) != 0 {
+	if got := r.remoteSub.texts(); len(got) != 0 {
 		t.Fatalf("subscriber on B received %q with no broker", got)
 	}
 }

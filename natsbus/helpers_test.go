@@ -164,6 +164,27 @@ func (s *subscriber) probes() int {
 	return n
 }
 
+// room is two replicas on one NATS server with topic "room": a
+// publisher and a subscriber on A, a subscriber on B, linked.
+type room struct {
+	ns                       *server.Server
+	a, b                     *replica
+	pub, localSub, remoteSub *subscriber
+}
+
+// startRoom starts the replicas and subscribers of a room.
+func startRoom(t testing.TB) room {
+	t.Helper()
+	r := room{ns: startNATS(t, -1)}
+	r.a = startReplica(t, "A", testBusConfig(r.ns))
+	r.b = startReplica(t, "B", testBusConfig(r.ns))
+	r.pub = subscribe(t, r.a, "room")
+	r.localSub = subscribe(t, r.a, "room")
+	r.remoteSub = subscribe(t, r.b, "room")
+	link(t, r.pub, r.remoteSub)
+	return r
+}
+
 // link makes sure messages from pub reach sub across replicas: a NATS
 // subscription is live only once the server processed it, which no
 // client-side count shows, so pub publishes probes until sub gets one.

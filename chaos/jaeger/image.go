@@ -16,13 +16,6 @@ package jaeger
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"fmt"
-	"sync"
-
-	cerrdefs "github.com/containerd/errdefs"
-	"github.com/moby/moby/client"
 
 	"github.com/wsd-dev/wsd/chaos/images"
 )
@@ -48,89 +41,30 @@ const (
 	HealthPort   = "13133/tcp" // healthcheckv2 extension
 )
 
-// imageMu serialises Image within a process: two tests asking at once
-// must not compile Jaeger twice.
-var imageMu sync.Mutex
-
 // Image returns ImageTag, building it first unless the Docker engine
-// already has it, built with the current wrap. The build compiles Jaeger
-// (a few minutes on a cold Go build cache; the module comes from the Go
-// module proxy), wraps the binary FROM scratch as wrap says, and tags it. It fails when the engine is
-// unreachable, the module cannot be downloaded or the build fails; the
-// error carries the go command's output.
-func Image(ctx context.Context) (string, error) {
-	imageMu.Lock()
-	defer imageMu.Unlock()
-	images.ConfigureTestcontainers()
-	cli, err := client.New(client.FromEnv)
-	if err != nil {
-		return "", fmt.Errorf("jaeger image: docker client: %w", err)
-	}
-	defer cli.Close()
-	// The tag names the version only, so the image also carries the hash
-	// of how it was wrapped: changing wrap rebuilds a cached image instead
-	// of silently using the old one.
-	if insp, err := cli.ImageInspect(ctx, ImageTag); err == nil {
-		if insp.Config != nil && insp.Config.Labels[specLabel] == wrap.hash() {
-			return ImageTag, nil
-		}
-	} else if !cerrdefs.IsNotFound(err) {
-		return "", fmt.Errorf("jaeger image: inspect %s: %w", ImageTag, err)
-	}
+// already has it, built with the current image spec. The build compiles
+// Jaeger inside its own module (its go.mod has a replace directive; a
+// few minutes on a cold Go build cache; the module comes from the Go
+// module proxy), wraps the binary FROM scratch and tags it
+// (images.ModuleImage). It fails when the engine is unreachable, the
+// module cannot be downloaded or the build fails; the error carries the
+// go command's output.
+func Image(ctx context.Context) (string, error) { return images.ModuleImage(ctx, image) }
 
-	// Jaeger's go.mod has a replace directive: it must be built inside
-	// its own module, which ModuleBinary does.
-	bin, err := images.ModuleBinary(ctx, Module, Version, "./cmd/jaeger")
-	if err != nil {
-		return "", fmt.Errorf("jaeger image: %w", err)
-	}
-	built, err := images.FromBinary(ctx, bin, "jaeger", wrap.options()...)
-	if err != nil {
-		return "", fmt.Errorf("jaeger image: %w", err)
-	}
-	if _, err := cli.ImageTag(ctx, client.ImageTagOptions{Source: built, Target: ImageTag}); err != nil {
-		return "", fmt.Errorf("jaeger image: tag %s as %s: %w", built, ImageTag, err)
-	}
-	return ImageTag, nil
-}
-
-// specLabel holds, on the built image, the hash of the imageSpec it was
-// built with.
-const specLabel = "org.wsd.e2e.jaeger.spec"
-
-// imageSpec is everything besides the binary that shapes the image; the
-// options and the cache check both derive from it, so they cannot drift.
-type imageSpec struct {
-	Env    [][2]string
-	User   string
-	Expose []string
-	Labels [][2]string
-}
-
-// wrap is how the Jaeger binary is wrapped. JAEGER_LISTEN_HOST: Jaeger
-// listens on localhost otherwise, unreachable from other containers; user
-// 10001 is the official image's.
-var wrap = imageSpec{
-	Env:    [][2]string{{"JAEGER_LISTEN_HOST", "0.0.0.0"}},
-	User:   "10001",
-	Expose: []string{OTLPGRPCPort, OTLPHTTPPort, QueryPort, HealthPort},
-	Labels: [][2]string{{"org.opencontainers.image.source", "https://" + Module}, {"org.opencontainers.image.version", "v" + Version}},
-}
-
-// hash identifies the spec in specLabel.
-func (s imageSpec) hash() string {
-	h := sha256.Sum256([]byte(fmt.Sprintf("%+v", s)))
-	return hex.EncodeToString(h[:8])
-}
-
-// options renders the spec for images.FromBinary, with specLabel.
-func (s imageSpec) options() []images.Option {
-	opts := []images.Option{images.WithExpose(s.Expose...), images.WithUser(s.User)}
-	for _, kv := range s.Env {
-		opts = append(opts, images.WithEnv(kv[0], kv[1]))
-	}
-	for _, kv := range append(s.Labels, [2]string{specLabel, s.hash()}) {
-		opts = append(opts, images.WithDockerfileLines(fmt.Sprintf("LABEL %s=%q", kv[0], kv[1])))
-	}
-	return opts
+// image is how Image builds. JAEGER_LISTEN_HOST: Jaeger listens on
+// localhost otherwise, unreachable from other containers; user 10001 is
+// the official image's.
+var image = images.ModuleSpec{
+	Tag:       ImageTag,
+	Module:    Module,
+	Version:   Version,
+	Package:   "./cmd/jaeger",
+	Name:      "jaeger",
+	SpecLabel: "org.wsd.e2e.jaeger.spec",
+	Wrap: images.Wrap{
+		Env:    [][2]string{{"JAEGER_LISTEN_HOST", "0.0.0.0"}},
+		User:   "10001",
+		Expose: []string{OTLPGRPCPort, OTLPHTTPPort, QueryPort, HealthPort},
+		Labels: [][2]string{{"org.opencontainers.image.source", "https://" + Module}, {"org.opencontainers.image.version", "v" + Version}},
+	},
 }

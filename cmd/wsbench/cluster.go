@@ -101,59 +101,41 @@ func runClusterFanout(ctx context.Context, cfg clusterConfig) (ClusterResult, er
 	}
 	defer closeAll(pubs)
 
-	buf := make([]byte, cfg.size)
-	probeUntil := time.Now().Add(60 * time.Second)
-	for sides[0].seen.Load() < int64(sides[0].n) || sides[1].seen.Load() < int64(sides[1].n) {
-		if time.Now().After(probeUntil) {
-			return res, fmt.Errorf("cluster: only %d local and %d remote of %d subscribers received a probe within 60s",
-				sides[0].seen.Load(), sides[1].seen.Load(), cfg.subs)
+	err = probe(ctx, "cluster", pubs[0], cfg.size, func() string {
+		if sides[0].seen.Load() < int64(sides[0].n) || sides[1].seen.Load() < int64(sides[1].n) {
+			return fmt.Sprintf("only %d local and %d remote of %d subscribers", sides[0].seen.Load(), sides[1].seen.Load(), cfg.subs)
 		}
-		stamp(buf, time.Unix(0, 0))
-		if err := pubs[0].WriteMessage(gws.OpcodeBinary, buf); err != nil {
-			return res, fmt.Errorf("cluster probe: %w", err)
-		}
-		if err := sleepCtx(ctx, 50*time.Millisecond); err != nil {
-			return res, err
-		}
+		return ""
+	})
+	if err != nil {
+		return res, err
 	}
 
-	var published atomic.Int64
-	stop := atomic.Bool{}
-	pubErr := make(chan error, 1)
-	go func() { pubErr <- pace(ctx, pubs, cfg.rate, cfg.size, &stop, &published, sides[0].rec) }()
-	if err := sleepCtx(ctx, cfg.warmup); err != nil {
-		return res, err
-	}
 	before := make([]procSample, len(sides))
-	for i, s := range sides {
-		if s.pid > 0 {
-			if before[i], err = sampleProc(s.pid); err != nil {
-				return res, err
+	// Messages in flight (the remote path is longer) are still counted.
+	w := window{rate: cfg.rate, size: cfg.size, warmup: cfg.warmup, length: cfg.window, grace: 300 * time.Millisecond}
+	for _, s := range sides {
+		w.recs = append(w.recs, s.rec)
+	}
+	w.begin = func() error {
+		for i, s := range sides {
+			if s.pid > 0 {
+				var err error
+				if before[i], err = sampleProc(s.pid); err != nil {
+					return err
+				}
 			}
 		}
+		return nil
 	}
-	start := time.Now()
-	for _, s := range sides {
-		s.rec.open(start)
+	w.end = func() {
+		for _, s := range sides {
+			s.rec.on.Store(false)
+		}
 	}
-	if err := sleepCtx(ctx, cfg.window); err != nil {
+	if res.Seconds, res.Published, err = w.run(ctx, "cluster", pubs); err != nil {
 		return res, err
 	}
-	stop.Store(true)
-	end := time.Now()
-	for _, s := range sides {
-		s.rec.seal(end)
-	}
-	// Messages in flight (the remote path is longer) are still counted.
-	_ = sleepCtx(ctx, 300*time.Millisecond)
-	for _, s := range sides {
-		s.rec.on.Store(false)
-	}
-	if err := <-pubErr; err != nil {
-		return res, fmt.Errorf("cluster publisher: %w", err)
-	}
-	res.Seconds = end.Sub(start).Seconds()
-	res.Published = published.Load() // stamped inside the window
 	for i, s := range sides {
 		o := s.out
 		o.Subscribers = s.n

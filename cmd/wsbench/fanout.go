@@ -144,19 +144,14 @@ func runFanout(ctx context.Context, cfg fanoutConfig) (FanoutResult, error) {
 
 	// Probe (zero timestamp) until every subscriber has a message: a
 	// server may answer the upgrade before registering the subscription.
-	buf := make([]byte, cfg.size)
-	probeUntil := time.Now().Add(60 * time.Second)
-	for seen.Load() < int64(cfg.subs) {
-		if time.Now().After(probeUntil) {
-			return res, fmt.Errorf("fan-out: only %d of %d subscribers received a probe within 60s", seen.Load(), cfg.subs)
+	err = probe(ctx, "fan-out", pub, cfg.size, func() string {
+		if seen.Load() < int64(cfg.subs) {
+			return fmt.Sprintf("only %d of %d subscribers", seen.Load(), cfg.subs)
 		}
-		stamp(buf, time.Unix(0, 0))
-		if err := pub.WriteMessage(gws.OpcodeBinary, buf); err != nil {
-			return res, fmt.Errorf("fan-out probe: %w", err)
-		}
-		if err := sleepCtx(ctx, 50*time.Millisecond); err != nil {
-			return res, err
-		}
+		return ""
+	})
+	if err != nil {
+		return res, err
 	}
 
 	var (
@@ -192,35 +187,25 @@ func runFanout(ctx context.Context, cfg fanoutConfig) (FanoutResult, error) {
 		close(sdone)
 	}
 
-	var published atomic.Int64
-	stop := atomic.Bool{}
-	pubErr := make(chan error, 1)
-	go func() { pubErr <- pace(ctx, pubs, cfg.rate, cfg.size, &stop, &published, rec) }()
-	if err := sleepCtx(ctx, cfg.warmup); err != nil {
-		return res, err
-	}
 	var before procSample
-	if cfg.pid > 0 {
-		if before, err = sampleProc(cfg.pid); err != nil {
-			return res, err
+	w := window{rate: cfg.rate, size: cfg.size, warmup: cfg.warmup, length: cfg.window, grace: 200 * time.Millisecond,
+		recs: []*latencyRecorder{rec}}
+	w.begin = func() error {
+		if cfg.pid > 0 {
+			var err error
+			if before, err = sampleProc(cfg.pid); err != nil {
+				return err
+			}
 		}
+		return nil
 	}
-	start := time.Now()
-	rec.open(start)
-	if err := sleepCtx(ctx, cfg.window); err != nil {
+	w.end = func() {
+		rec.on.Store(false)
+		close(stopS)
+		<-sdone
+	}
+	if res.Seconds, res.Published, err = w.run(ctx, "fan-out", pubs); err != nil {
 		return res, err
-	}
-	// Messages published near the end are still in flight: keep
-	// recording briefly so they are counted, without new publishes.
-	stop.Store(true)
-	end := time.Now()
-	rec.seal(end)
-	_ = sleepCtx(ctx, 200*time.Millisecond)
-	rec.on.Store(false)
-	close(stopS)
-	<-sdone
-	if err := <-pubErr; err != nil {
-		return res, fmt.Errorf("fan-out publisher: %w", err)
 	}
 	if cfg.pid > 0 {
 		after, err := sampleProc(cfg.pid)
@@ -235,8 +220,6 @@ func runFanout(ctx context.Context, cfg fanoutConfig) (FanoutResult, error) {
 			res.RSSSeries = append(res.RSSSeries, Point{X: s.at.Sub(samples[0].at).Seconds(), Y: float64(s.rss) / (1 << 20)})
 		}
 	}
-	res.Seconds = end.Sub(start).Seconds()
-	res.Published = published.Load() // stamped inside the window
 	res.Delivered = count.Load()
 	if res.Published > 0 {
 		res.DeliveryRatio = float64(res.Delivered) / float64(res.Published*int64(len(fast)))
@@ -250,4 +233,82 @@ func runFanout(ctx context.Context, cfg fanoutConfig) (FanoutResult, error) {
 		return res, errors.New("fan-out: nothing delivered in the measurement window")
 	}
 	return res, nil
+}
+
+// probe sends zero-stamped messages (not counted) on pub every 50ms
+// until pending returns "": a server may answer the upgrade before
+// registering the subscription, so a run starts once every subscriber
+// has had one. Otherwise pending says who is missing; after 60s that is
+// the error. name starts every error ("fan-out").
+func probe(ctx context.Context, name string, pub *gws.Conn, size int, pending func() string) error {
+	buf := make([]byte, size)
+	probeUntil := time.Now().Add(60 * time.Second)
+	for {
+		missing := pending()
+		if missing == "" {
+			return nil
+		}
+		if time.Now().After(probeUntil) {
+			return fmt.Errorf("%s: %s received a probe within 60s", name, missing)
+		}
+		stamp(buf, time.Unix(0, 0))
+		if err := pub.WriteMessage(gws.OpcodeBinary, buf); err != nil {
+			return fmt.Errorf("%s probe: %w", name, err)
+		}
+		if err := sleepCtx(ctx, 50*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}
+
+// window is one measured publishing run shared by the fan-out
+// benchmarks: the publishers send at rate for warmup, then begin starts
+// the measurement (process samples, latency recording), they send for
+// length more and stop; after grace, so that messages still in flight
+// are counted without new publishes, end stops the measurement.
+type window struct {
+	rate                  float64
+	size                  int
+	warmup, length, grace time.Duration
+	begin                 func() error
+	end                   func()
+	// recs are the receivers' recorders: the window opens and seals
+	// them, and publishes are counted by the first one's window (by
+	// publish stamp, as the receivers count deliveries).
+	recs []*latencyRecorder
+}
+
+// run publishes on pubs as w says and returns the measured window's
+// length in seconds and the messages published in it. It fails when
+// ctx ends, begin fails or a publisher fails; name starts the
+// publisher's error ("fan-out publisher: ...").
+func (w window) run(ctx context.Context, name string, pubs []*gws.Conn) (float64, int64, error) {
+	var published atomic.Int64
+	stop := atomic.Bool{}
+	pubErr := make(chan error, 1)
+	go func() { pubErr <- pace(ctx, pubs, w.rate, w.size, &stop, &published, w.recs[0]) }()
+	if err := sleepCtx(ctx, w.warmup); err != nil {
+		return 0, 0, err
+	}
+	if err := w.begin(); err != nil {
+		return 0, 0, err
+	}
+	start := time.Now()
+	for _, r := range w.recs {
+		r.open(start)
+	}
+	if err := sleepCtx(ctx, w.length); err != nil {
+		return 0, 0, err
+	}
+	stop.Store(true)
+	end := time.Now()
+	for _, r := range w.recs {
+		r.seal(end)
+	}
+	_ = sleepCtx(ctx, w.grace)
+	w.end()
+	if err := <-pubErr; err != nil {
+		return 0, 0, fmt.Errorf("%s publisher: %w", name, err)
+	}
+	return end.Sub(start).Seconds(), published.Load(), nil // stamped inside the window
 }

@@ -5,26 +5,8 @@
 package main
 
 import (
-	"context"
-	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
-
+	"github.com/wsd-dev/wsd/chaos/internal/imagecmd"
 	"github.com/wsd-dev/wsd/chaos/jaeger"
 )
 
-func main() {
-	if len(os.Args) > 1 {
-		fmt.Fprintln(os.Stderr, "usage: jaegerimage (no arguments): builds "+jaeger.ImageTag+" unless it exists")
-		os.Exit(2)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	tag, err := jaeger.Image(ctx)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	fmt.Println(tag)
-}
+func main() { imagecmd.Main("jaegerimage", jaeger.ImageTag, jaeger.Image) }

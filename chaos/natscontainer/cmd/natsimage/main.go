@@ -5,26 +5,8 @@
 package main
 
 import (
-	"context"
-	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
-
+	"github.com/wsd-dev/wsd/chaos/internal/imagecmd"
 	"github.com/wsd-dev/wsd/chaos/natscontainer"
 )
 
-func main() {
-	if len(os.Args) > 1 {
-		fmt.Fprintln(os.Stderr, "usage: natsimage (no arguments): builds "+natscontainer.ImageTag+" unless it exists")
-		os.Exit(2)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	tag, err := natscontainer.Image(ctx)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	fmt.Println(tag)
-}
+func main() { imagecmd.Main("natsimage", natscontainer.ImageTag, natscontainer.Image) }
