@@ -118,6 +118,9 @@ type stackOpts struct {
 	toxiproxy bool
 	// memLimit, when > 0, replaces the memory bound computed from conns.
 	memLimit int64
+	// warmToken, when set, is the access_token of the warm-up echo
+	// connection (a stack with auth.mode jwt refuses it otherwise).
+	warmToken string
 }
 
 // suiteConfig is what every scenario shrinks: one client address (the
@@ -256,7 +259,11 @@ func startStack(t *testing.T, name, description string, o stackOpts) *stack {
 	s.checker = chaos.NewChecker(admin, wsd.MemoryUsage, chaos.DefaultTolerance)
 	// Warm up: one echo round trip so that lazily started runtime and
 	// server machinery is in the baseline, not counted as a leak.
-	warm, err := chaos.Dial(ctx, s.target.EchoURL())
+	warmURL := s.target.EchoURL()
+	if o.warmToken != "" {
+		warmURL += "?access_token=" + o.warmToken
+	}
+	warm, err := chaos.Dial(ctx, warmURL)
 	if err != nil {
 		t.Fatalf("warm-up connection: %v\n%s", err, wsd.LogText(ctx))
 	}
