@@ -205,7 +205,7 @@ func (c *cluster) attach(r *replica) {
 	if err := c.waitBus(r, true, recoverWithin); err != nil {
 		c.fatal("replica %s never connected to the broker: %v", r.name, err)
 	}
-	if err := r.baseline(ctx, admin, r.target); err != nil {
+	if err := r.baseline(ctx, admin, r.target.EchoURL()); err != nil {
 		c.fatal("replica %s: %v", r.name, err)
 	}
 	var err error

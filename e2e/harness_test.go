@@ -118,6 +118,9 @@ type stackOpts struct {
 	toxiproxy bool
 	// memLimit, when > 0, replaces the memory bound computed from conns.
 	memLimit int64
+	// warmToken, when set, is the access_token of the warm-up echo
+	// connection (a stack with auth.mode jwt refuses it otherwise).
+	warmToken string
 }
 
 // suiteConfig is what every scenario shrinks: one client address (the
@@ -273,7 +276,11 @@ func startStack(t *testing.T, name, description string, o stackOpts) *stack {
 	}
 	s.res.Note("wsd config: %s; memory limit %s; nofile %s", configLine(o.config), chaos.MiB(bound), nofileText(o.nofile))
 
-	if err := s.baseline(ctx, admin, s.target); err != nil {
+	warmURL := s.target.EchoURL()
+	if o.warmToken != "" {
+		warmURL += "?access_token=" + o.warmToken
+	}
+	if err := s.baseline(ctx, admin, warmURL); err != nil {
 		t.Fatalf("%v\nwsd logs:\n%s", err, wsd.LogText(ctx))
 	}
 	t.Cleanup(func() { s.store(s.checker.Stop()) })
@@ -330,12 +337,12 @@ func (s *scenario) store(series []chaos.Sample) {
 	resultsMu.Unlock()
 }
 
-// baseline warms p up through target (one echo round trip, so that
+// baseline warms p up with one echo round trip on warmURL (so that
 // lazily started runtime and server machinery is in the baseline, not
 // counted as a leak), takes the checker's baseline, the process state
 // and the client addresses, and starts sampling.
-func (p *wsdProc) baseline(ctx context.Context, admin *chaos.Admin, target chaos.Target) error {
-	warm, err := chaos.Dial(ctx, target.EchoURL())
+func (p *wsdProc) baseline(ctx context.Context, admin *chaos.Admin, warmURL string) error {
+	warm, err := chaos.Dial(ctx, warmURL)
 	if err != nil {
 		return fmt.Errorf("warm-up connection: %w", err)
 	}

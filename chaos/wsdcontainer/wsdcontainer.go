@@ -247,3 +247,21 @@ func (c *Container) Close() error {
 	}
 	return c.docker.Close()
 }
+
+// CPUUsage returns the CPU time wsd's cgroup has used since the container
+// started (the cgroup's total usage, what `docker stats` derives its
+// percentage from). The difference of two readings is the server CPU a
+// phase cost, independent of how many cores the host shares with the
+// clients.
+func (c *Container) CPUUsage(ctx context.Context) (time.Duration, error) {
+	res, err := c.docker.ContainerStats(ctx, c.GetContainerID(), client.ContainerStatsOptions{})
+	if err != nil {
+		return 0, fmt.Errorf("container stats: %w", err)
+	}
+	defer res.Body.Close()
+	var st container.StatsResponse
+	if err := json.NewDecoder(res.Body).Decode(&st); err != nil {
+		return 0, fmt.Errorf("decode container stats: %w", err)
+	}
+	return time.Duration(st.CPUStats.CPUUsage.TotalUsage), nil
+}
