@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -430,7 +431,18 @@ func (b *Bus) release(t string) {
 // subscribers, through the same path as a local publish (each
 // subscriber's own backpressure applies). It runs on the subscription's
 // goroutine, one per topic, so messages keep their order.
+//
+// The message comes from the broker (any NATS client may publish on the
+// subject), so a panic while delivering it is caught here: it would
+// otherwise end the process from nats.go's goroutine. It is logged with
+// the stack and the message is lost for this replica.
 func (b *Bus) receive(topic string, m *nats.Msg) {
+	defer func() {
+		if v := recover(); v != nil {
+			b.log.Error("panic while delivering a message from the broker; message lost on this replica",
+				"panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+		}
+	}()
 	b.received.Add(1)
 	op := gws.OpcodeText
 	switch m.Header.Get(hdrOpcode) {
